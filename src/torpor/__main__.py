@@ -1,0 +1,3 @@
+from torpor.cli import app
+
+app(prog_name="torpor")

@@ -1,0 +1,1 @@
+"""The control REST API under /api."""

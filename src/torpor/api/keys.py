@@ -1,0 +1,52 @@
+"""API keys: create (secret shown once), list, revoke. Admin only."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+from pydantic import BaseModel, ConfigDict, Field
+
+from torpor.api.deps import AdminDep, ServicesDep
+from torpor.errors import NotFound
+from torpor.store.tables import ApiKeyRow
+
+router = APIRouter(prefix="/api/keys", tags=["keys"])
+
+
+class KeyCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=200)
+    deployments: list[str] | None = None
+    admin: bool = False
+
+
+def key_view(row: ApiKeyRow) -> dict[str, Any]:
+    return {
+        "id": row.id,
+        "name": row.name,
+        "prefix": row.prefix,
+        "deployments": row.deployments,
+        "admin": row.admin,
+        "created_at": row.created_at.isoformat(),
+        "revoked_at": row.revoked_at.isoformat() if row.revoked_at else None,
+    }
+
+
+@router.post("", status_code=201)
+async def create(body: KeyCreate, svc: ServicesDep, _: AdminDep) -> dict[str, Any]:
+    row, secret = await svc.keys.create(body.name, admin=body.admin, deployments=body.deployments)
+    return {**key_view(row), "key": secret}
+
+
+@router.get("")
+async def list_keys(svc: ServicesDep, _: AdminDep) -> dict[str, Any]:
+    return {"data": [key_view(r) for r in await svc.store.list_keys()]}
+
+
+@router.delete("/{key_id}")
+async def revoke(key_id: str, svc: ServicesDep, _: AdminDep) -> dict[str, Any]:
+    if not await svc.keys.revoke(key_id):
+        raise NotFound(f"API key {key_id!r} not found or already revoked")
+    return {"id": key_id, "revoked": True}

@@ -1,0 +1,74 @@
+"""JSON views of controller state for the API."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from torpor.controller import Controller, Deployment, Worker
+from torpor.states import WorkerState
+
+_FAILING_FIRST = {WorkerState.FAILED: 0, WorkerState.PROVISIONING: 1, WorkerState.DRAINING: 2}
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def worker_view(w: Worker, inflight: int) -> dict[str, Any]:
+    h = w.handle
+    return {
+        "id": w.id,
+        "state": w.state.value,
+        "started_at": _iso(w.started_at),
+        "ready_at": _iso(w.ready_at),
+        "stopped_at": _iso(w.stopped_at),
+        "restarts": w.restarts,
+        "reason": w.reason,
+        "exit_code": w.exit_code,
+        "pid": h.pid if h else None,
+        "port": h.port if h else None,
+        "host": h.host if h else None,
+        "spec_version": w.spec_version,
+        "inflight": inflight,
+        "gpu_ids": w.gpu_ids,
+    }
+
+
+def ordered_workers(dep: Deployment) -> list[Worker]:
+    """Live workers first (failing ones at the very top), newest first within a group."""
+    return sorted(
+        dep.workers.values(),
+        key=lambda w: (not w.live, _FAILING_FIRST.get(w.state, 3), -w.started_mono),
+    )
+
+
+def deployment_view(controller: Controller, dep: Deployment) -> dict[str, Any]:
+    gate = dep.gate
+    workers = ordered_workers(dep)
+    return {
+        **dep.spec.model_dump(mode="json"),
+        "state": dep.state.value,
+        "status": controller.status(dep).value,
+        "reason": dep.reason or _status_reason(controller, dep),
+        "spec_version": dep.spec_version,
+        "model_path": str(dep.model_path) if dep.model_path else None,
+        "endpoint": f"/openai/{dep.name}/v1",
+        "created_at": _iso(dep.created_at),
+        "updated_at": _iso(dep.updated_at),
+        "ready_workers": sum(1 for w in workers if w.state is WorkerState.HEALTHY),
+        "desired_workers": dep.desired,
+        "queue": {"waiting": gate.waiting, "inflight": gate.total_inflight},
+        "last_error": dep.last_error,
+        "workers": [worker_view(w, gate.inflight.get(w.id, 0)) for w in workers],
+    }
+
+
+def _status_reason(controller: Controller, dep: Deployment) -> str | None:
+    if dep.waiting_for_gpus:
+        return "No GPUs available for scale-up"
+    if dep.last_error and dep.failures:
+        err = dep.last_error
+        crash = "crash loop: " if dep.failures >= controller.settings.crash_loop_threshold else ""
+        return f"{crash}worker {err['worker']} {err.get('reason') or 'failed'}"
+    return None

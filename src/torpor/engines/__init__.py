@@ -1,0 +1,22 @@
+"""Engines: one module per framework, each mostly data (command line, probe, served id)."""
+
+from __future__ import annotations
+
+from torpor.engines.base import Engine, EngineLaunch
+from torpor.engines.custom import CustomEngine
+from torpor.engines.llamacpp import LlamaCppEngine
+
+FRAMEWORKS: dict[str, Engine] = {
+    LlamaCppEngine.name: LlamaCppEngine(),
+    CustomEngine.name: CustomEngine(),
+}
+
+
+def engine_for(framework: str) -> Engine:
+    try:
+        return FRAMEWORKS[framework]
+    except KeyError:
+        raise ValueError(f"unknown framework {framework!r}") from None
+
+
+__all__ = ["FRAMEWORKS", "Engine", "EngineLaunch", "engine_for"]

@@ -1,0 +1,40 @@
+"""llama.cpp: `llama-server` when on PATH, else llama-cpp-python's OpenAI server."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from torpor.engines.base import EngineLaunch, refuse_unknown_options
+
+if TYPE_CHECKING:
+    from torpor.spec import DeploymentSpec
+
+
+class LlamaCppEngine:
+    name = "llama.cpp"
+
+    def needs_model(self, spec: DeploymentSpec) -> bool:
+        return True
+
+    def validate(self, spec: DeploymentSpec) -> None:
+        if not spec.model:
+            raise ValueError("model: llama.cpp needs a GGUF file path or 'smollm2-135m-instruct'")
+        refuse_unknown_options(self.name, spec.options, set())
+
+    def launch(self, spec: DeploymentSpec, model_path: Path | None) -> EngineLaunch:
+        assert model_path is not None
+        offload = ["--n-gpu-layers", "-1"] if spec.gpus else []
+        server = shutil.which("llama-server")
+        if server:
+            # Served under the deployment's name so `model` needs no rewriting either way.
+            argv = [server, "--model", str(model_path), "--host", "{host}", "--port", "{port}"]
+            argv += ["--alias", spec.name, *offload]
+            return EngineLaunch(tuple(argv + spec.framework_args), health_path="/health")
+        argv = [sys.executable, "-m", "llama_cpp.server", "--model", str(model_path)]
+        argv += ["--host", "{host}", "--port", "{port}", "--model_alias", spec.name]
+        if spec.gpus:
+            argv += ["--n_gpu_layers", "-1"]
+        return EngineLaunch(tuple(argv + spec.framework_args), health_path="/v1/models")

@@ -1,0 +1,130 @@
+"""The exception hierarchy and the one function that renders the OpenAI error envelope."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from starlette.responses import Response
+
+
+class TorporError(Exception):
+    """Base error: carries the HTTP status and the OpenAI error `type` and `code`."""
+
+    status = 500
+    type = "server_error"
+    code = "internal_error"
+    default_message = "Request failed, please retry"
+
+    def __init__(self, message: str | None = None, *, headers: dict[str, str] | None = None):
+        self.message = message or self.default_message
+        self.headers = headers or {}
+        super().__init__(self.message)
+
+
+class BadRequest(TorporError):
+    status = 400
+    type = "invalid_request_error"
+    code = "bad_request"
+    default_message = "Bad request"
+
+
+class PayloadTooLarge(TorporError):
+    status = 413
+    type = "invalid_request_error"
+    code = "payload_too_large"
+    default_message = "Request body too large"
+
+
+class InvalidSpec(TorporError):
+    status = 422
+    type = "invalid_request_error"
+    code = "invalid_spec"
+    default_message = "Invalid deployment spec"
+
+
+class Unauthorized(TorporError):
+    status = 401
+    type = "authentication_error"
+    code = "invalid_api_key"
+    default_message = "Missing or invalid API key"
+
+
+class Forbidden(TorporError):
+    status = 403
+    type = "permission_error"
+    code = "forbidden"
+    default_message = "This API key may not use this resource"
+
+
+class NotFound(TorporError):
+    status = 404
+    type = "invalid_request_error"
+    code = "not_found"
+    default_message = "Not found"
+
+
+class DeploymentUnavailable(NotFound):
+    code = "deployment_not_found"
+    default_message = "Deployment not found or not running"
+
+
+class Conflict(TorporError):
+    status = 409
+    type = "invalid_request_error"
+    code = "conflict"
+    default_message = "Conflict"
+
+
+class RequestTimeout(TorporError):
+    status = 408
+    type = "timeout_error"
+    code = "request_timeout"
+    default_message = "Request timeout"
+
+
+class QueueFull(TorporError):
+    status = 429
+    type = "rate_limit_error"
+    code = "queue_full"
+    default_message = "Server busy, please retry"
+
+
+class UpstreamError(TorporError):
+    status = 502
+    type = "server_error"
+    code = "worker_error"
+    default_message = "Worker returned an error, please retry"
+
+
+class NoCapacity(TorporError):
+    status = 503
+    type = "server_error"
+    code = "no_gpus_available"
+    default_message = "No GPUs available for scale-up, please retry"
+
+
+class WaitTimeout(TorporError):
+    status = 504
+    type = "timeout_error"
+    code = "worker_starting"
+    default_message = "A worker is still starting, please retry shortly"
+
+
+def error_body(exc: TorporError) -> dict[str, Any]:
+    return {"error": {"message": exc.message, "type": exc.type, "code": exc.code, "param": None}}
+
+
+def error_response(exc: TorporError) -> Response:
+    """Render any torpor error as the OpenAI envelope, so the SDK raises its typed exceptions."""
+    return Response(
+        orjson.dumps(error_body(exc)),
+        status_code=exc.status,
+        media_type="application/json",
+        headers=exc.headers,
+    )
+
+
+def sse_error_event(exc: TorporError) -> bytes:
+    """The error as an SSE event, for a stream whose 200 headers were already sent."""
+    return b"data: " + orjson.dumps(error_body(exc)) + b"\n\n"

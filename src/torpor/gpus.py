@@ -1,0 +1,94 @@
+"""Accelerator inventory and assignment: disjoint devices per worker."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from dataclasses import dataclass
+
+NVIDIA = "nvidia.com/gpu"
+FURIOSA = "furiosa.ai/rngd"
+# The variable through which each accelerator kind is handed to a process.
+VISIBLE_DEVICES_ENV = {NVIDIA: "CUDA_VISIBLE_DEVICES", FURIOSA: "FURIOSA_DEVICES"}
+
+_DECLARED = re.compile(r"^\s*(\d+)\s*[xX]\s*([A-Za-z0-9._-]+)\s*$")
+
+
+@dataclass(frozen=True)
+class Device:
+    index: int
+    kind: str
+    model: str
+    memory_mb: int | None
+
+
+def parse_declared(text: str) -> list[Device]:
+    """`4xA100-80GB` or `2xH100,2xRNGD` → devices; a model name with RNGD is a Furiosa one."""
+    devices: list[Device] = []
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        m = _DECLARED.match(part)
+        if not m:
+            raise ValueError(f"TORPOR_GPUS: cannot parse {part!r}; expected e.g. 4xA100-80GB")
+        count, model = int(m.group(1)), m.group(2)
+        kind = FURIOSA if "rngd" in model.lower() else NVIDIA
+        mem = re.search(r"(\d+)GB", model, re.IGNORECASE)
+        for _ in range(count):
+            same_kind = sum(1 for d in devices if d.kind == kind)
+            devices.append(
+                Device(same_kind, kind, model, int(mem.group(1)) * 1024 if mem else None)
+            )
+    return devices
+
+
+def detect_nvidia() -> list[Device]:
+    """NVIDIA devices from nvidia-smi; none when it is absent or fails."""
+    exe = shutil.which("nvidia-smi")
+    if exe is None:
+        return []
+    try:
+        out = subprocess.run(
+            [exe, "--query-gpu=index,name,memory.total", "--format=csv,noheader,nounits"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    devices = []
+    for line in out.strip().splitlines():
+        idx, name, mem = (x.strip() for x in line.split(","))
+        devices.append(Device(int(idx), NVIDIA, name, int(float(mem))))
+    return devices
+
+
+class GpuPool:
+    """Which worker holds which device. Owned by the controller loop."""
+
+    def __init__(self, devices: list[Device]):
+        self.devices = devices
+        self.holders: dict[tuple[str, int], str] = {}
+
+    def free(self, kind: str = NVIDIA) -> list[Device]:
+        return [d for d in self.devices if d.kind == kind and (kind, d.index) not in self.holders]
+
+    def allocate(self, worker_id: str, count: int, kind: str = NVIDIA) -> list[int] | None:
+        """Device indices for the worker, or None when not enough are free."""
+        if count == 0:
+            return []
+        free = self.free(kind)
+        if len(free) < count:
+            return None
+        chosen = [d.index for d in free[:count]]
+        for i in chosen:
+            self.holders[(kind, i)] = worker_id
+        return chosen
+
+    def release(self, worker_id: str) -> None:
+        self.holders = {k: w for k, w in self.holders.items() if w != worker_id}
+
+    def env_for(self, indices: list[int], kind: str = NVIDIA) -> dict[str, str]:
+        if not indices:
+            return {}
+        return {VISIBLE_DEVICES_ENV[kind]: ",".join(map(str, indices))}

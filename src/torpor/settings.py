@@ -1,0 +1,62 @@
+"""One typed settings object, read from `TORPOR_*` environment variables once at start."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def default_data_dir() -> Path:
+    return Path.home() / ".torpor"
+
+
+class Settings(BaseSettings):
+    """Process-wide settings; built in the CLI and passed down, never imported as a global."""
+
+    model_config = SettingsConfigDict(env_prefix="TORPOR_", extra="ignore")
+
+    data_dir: Path = Field(default_factory=default_data_dir)
+    # Empty means SQLite in WAL mode at <data_dir>/torpor.db.
+    database_url: str = ""
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    # Bootstrap admin key; when unset one is generated on first start and saved as admin.key.
+    admin_key: str | None = None
+    # Controller loop period while nothing is starting; it wakes at once on demand.
+    controller_idle_tick_s: float = Field(default=0.5, gt=0)
+    # Readiness probe period while a worker is starting (fast, so cold starts are not padded).
+    probe_interval_s: float = Field(default=0.05, gt=0)
+    # Keep-alive SSE comment period for a streaming request held during a cold start.
+    keepalive_interval_s: float = Field(default=5.0, gt=0)
+    # Longest an engine may take to answer one request before the client gets 408.
+    request_timeout_s: float = Field(default=600.0, gt=0)
+    upstream_connect_timeout_s: float = Field(default=5.0, gt=0)
+    # Grace period for a worker to exit on SIGTERM before SIGKILL.
+    worker_stop_grace_s: float = Field(default=5.0, gt=0)
+    # A worker that is not ready after this long is failed and replaced.
+    worker_start_timeout_s: float = Field(default=300.0, gt=0)
+    # Consecutive worker failures after which a deployment shows `error` (crash loop).
+    crash_loop_threshold: int = Field(default=3, ge=1)
+    # Backoff between replacements of failed workers: base * 2**(failures-1), capped.
+    restart_backoff_base_s: float = Field(default=0.5, ge=0)
+    restart_backoff_max_s: float = Field(default=30.0, ge=0)
+    # Declared accelerators for planning and tests, e.g. "4xA100-80GB"; empty means detect.
+    gpus: str = ""
+    # Create the embedded `smollm2` deployment on a fresh data dir.
+    create_default_deployment: bool = True
+    log_level: str = "info"
+
+    @field_validator("data_dir")
+    @classmethod
+    def _expand(cls, value: Path) -> Path:
+        return value.expanduser().resolve()
+
+    @property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite+aiosqlite:///{self.data_dir / 'torpor.db'}"
+
+    @property
+    def deployments_dir(self) -> Path:
+        return self.data_dir / "deployments"
