@@ -109,7 +109,7 @@ def test_kill_9_worker_mid_traffic_recovers(server: TorporServer) -> None:
             try:
                 r = client.chat.completions.create(model="tough", messages=MESSAGES, max_tokens=8)  # type: ignore[arg-type]
                 results.append(r.choices[0].message.content)
-            except Exception as exc:  # noqa: BLE001 - collected and asserted on below
+            except Exception as exc:
                 results.append(exc)
 
     threads = [threading.Thread(target=traffic) for _ in range(3)]
