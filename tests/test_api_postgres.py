@@ -52,8 +52,9 @@ async def _stored(url: str) -> tuple[list[str], list[str], list[str]]:
 
 
 def test_restart_keeps_deployments_and_keys(
-    server_factory: Callable[..., TorporServer], backend_env: dict[str, str]
+    backend_env: dict[str, str], server_factory: Callable[..., TorporServer]
 ) -> None:
+    # backend_env comes first: its database must outlive the servers (teardown is LIFO).
     server = server_factory(env=backend_env)
     dep = server.deploy(fake_spec(NAME, min_workers=1))
     assert dep["name"] == NAME
@@ -118,3 +119,9 @@ def test_restart_keeps_deployments_and_keys(
     new_ids = {w["id"] for w in dep["workers"] if w["state"] == "healthy"}
     assert new_ids and not new_ids & old_worker_ids, "a fresh worker serves after the restart"
     assert _chat(again, secret).startswith("tok0 tok1")
+
+    assert again.stop() in (0, -signal.SIGTERM)
+    assert again.survivors() == []
+    log = again.log()
+    assert "Application shutdown complete" in log
+    assert "Traceback" not in log, log

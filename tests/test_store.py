@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import text
+from sqlalchemy.exc import IntegrityError
 
 from torpor.store import Store, open_store
 from torpor.store.tables import ApiKeyRow, DeploymentRow, EventRow, WorkerRow
@@ -249,7 +250,7 @@ async def test_keys_add_list_revoke(store: Store) -> None:
 
 async def test_key_hash_unique(store: Store) -> None:
     await store.add_key(key_row("key_1", "one"))
-    with pytest.raises(Exception, match=r"(?i)unique|duplicate"):
+    with pytest.raises(IntegrityError, match=r"(?i)unique|duplicate"):
         await store.add_key(key_row("key_2", "two", key_hash=("hkey_1").ljust(64, "0")))
     assert [k.id for k in await store.list_keys()] == ["key_1"]
 

@@ -53,13 +53,15 @@ async def follow(
     start later, until the consumer stops iterating."""
     offsets: dict[Path, int] = {}
     partial: dict[Path, bytes] = {}
-    for line in tail_all(sources(), n):
-        yield line + "\n"
+    # Offsets first, tail second: a line written while the tail goes out is sent after it
+    # (possibly twice), never lost.
     for src in sources():
         try:
             offsets[src.path] = src.path.stat().st_size
         except OSError:
             offsets[src.path] = 0
+    for line in tail_all(sources(), n):
+        yield line + "\n"
     while True:
         await asyncio.sleep(poll_s)
         for src in sources():

@@ -11,6 +11,7 @@ import aiohttp
 from torpor.admission import Admission
 from torpor.auth import ApiKey, KeyRing, bootstrap_admin
 from torpor.controller import Controller
+from torpor.gateway.dispatch import Dispatcher
 from torpor.gateway.proxy import ProxyDeps
 from torpor.gpus import GpuPool, detect_nvidia, parse_declared
 from torpor.models import BUNDLED_MODEL
@@ -95,10 +96,12 @@ class Services:
         self.controller.wake()
 
     def proxy_deps(self) -> ProxyDeps:
-        return ProxyDeps(
-            keys=self.keys,
+        return ProxyDeps(keys=self.keys, model_ids=self._model_ids, dispatcher=self.dispatcher)
+
+    @property
+    def dispatcher(self) -> Dispatcher:
+        return Dispatcher(
             gate_for=self.admission.get,
-            model_ids=self._model_ids,
             http=self.http,
             on_worker_broken=self.controller.wake,
             keepalive_interval_s=self.settings.keepalive_interval_s,

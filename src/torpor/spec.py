@@ -72,7 +72,7 @@ class DeploymentSpec(BaseModel):
     @model_validator(mode="after")
     def _consistent(self) -> DeploymentSpec:
         if self.max_workers < self.min_workers:
-            raise ValueError("max_workers must be greater than or equal to min_workers")
+            raise ValueError("max_workers: must be greater than or equal to min_workers")
         from torpor.engines import engine_for
 
         engine_for(self.framework).validate(self)
