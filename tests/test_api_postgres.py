@@ -25,7 +25,7 @@ def backend_env(request: pytest.FixtureRequest) -> dict[str, str]:
 
 
 def _ready(dep: dict[str, Any]) -> bool:
-    return dep["status"] == "ready"
+    return bool(dep["status"] == "ready")
 
 
 def _chat(server: TorporServer, key: str | None = None) -> str:

@@ -231,11 +231,6 @@ def test_global_options_after_command(server: TorporServer) -> None:
     assert dep["min_workers"] == 0
 
 
-@pytest.mark.xfail(
-    reason="cli.deploy relies on 409 from create, but the server validates the partial spec "
-    "first (422), so `deploy NAME --update <one field>` fails for an existing deployment",
-    strict=False,
-)
 def test_deploy_update_partial_fields(server: TorporServer) -> None:
     env = server_env(server)
     server.deploy(fake_spec("partial"))

@@ -243,9 +243,9 @@ async def test_keys_add_list_revoke(store: Store) -> None:
     assert await store.revoke_key("key_b", when) is True
     assert await store.revoke_key("key_b", when + timedelta(hours=1)) is False
     assert await store.revoke_key("key_missing", when) is False
-    keys = {k.id: k for k in await store.list_keys()}
-    assert _aware(keys["key_b"].revoked_at) == when  # the first revocation time is kept
-    assert keys["key_a"].revoked_at is None
+    by_id = {k.id: k for k in await store.list_keys()}
+    assert _aware(by_id["key_b"].revoked_at) == when  # the first revocation time is kept
+    assert by_id["key_a"].revoked_at is None
 
 
 async def test_key_hash_unique(store: Store) -> None:

@@ -315,24 +315,37 @@ def deploy(
     )  # fmt: skip
     spec["name"] = name
     with _api(ctx) as client:
-        try:
-            dep = client.create_deployment(spec)
-            verb = "created"
-        except ApiError as exc:
-            if exc.status != 409:
-                raise
-            if not update:
+        # With --update, an existing deployment takes only the given fields (a partial spec
+        # would not validate as a whole new deployment).
+        if update and _exists(client, name):
+            dep = client.update_deployment(name, {k: v for k, v in spec.items() if k != "name"})
+            verb = "updated"
+        else:
+            try:
+                dep = client.create_deployment(spec)
+                verb = "created"
+            except ApiError as exc:
+                if exc.status != 409:
+                    raise
                 raise _fail(
                     f"deployment {name} already exists: use `torpor update {name} ...` "
                     "or `torpor deploy --update`"
                 ) from None
-            dep = client.update_deployment(name, {k: v for k, v in spec.items() if k != "name"})
-            verb = "updated"
         console.print(Text(f"{verb} deployment {name} ({dep.get('state')})"))
         if wait:
             _wait(client, name)
         else:
             console.print(Text(f"endpoint: {_endpoint(client, dep)}"))
+
+
+def _exists(client: TorporClient, name: str) -> bool:
+    try:
+        client.get_deployment(name)
+    except ApiError as exc:
+        if exc.status == 404:
+            return False
+        raise
+    return True
 
 
 @app.command()
