@@ -7,6 +7,7 @@ import os
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from torpor.errors import Forbidden, Unauthorized
 from torpor.store import Store
@@ -31,6 +32,9 @@ class ApiKey:
     admin: bool
     # None: every deployment.
     deployments: frozenset[str] | None
+    budget_usd_monthly: float | None = None
+    budget_tokens_monthly: int | None = None
+    plan_tokens: int | None = None
 
     def may_use(self, deployment: str) -> bool:
         return self.admin or self.deployments is None or deployment in self.deployments
@@ -73,6 +77,7 @@ class KeyRing:
         admin: bool = False,
         deployments: list[str] | None = None,
         secret: str | None = None,
+        limits: dict[str, Any] | None = None,
     ) -> tuple[ApiKeyRow, str]:
         secret = secret or generate_key()
         row = ApiKeyRow(
@@ -84,10 +89,18 @@ class KeyRing:
             deployments=sorted(set(deployments)) if deployments is not None else None,
             created_at=utcnow(),
             revoked_at=None,
+            **(limits or {}),
         )
         await self._store.add_key(row)
         self._by_hash[row.key_hash] = _to_key(row)
         return row, secret
+
+    async def update(self, key_id: str, changes: dict[str, Any]) -> ApiKeyRow | None:
+        """Change scope, budgets or plan of a key; the in-memory index follows."""
+        row = await self._store.update_key(key_id, changes)
+        if row is not None and row.revoked_at is None:
+            self._by_hash[row.key_hash] = _to_key(row)
+        return row
 
     async def revoke(self, key_id: str) -> bool:
         done = await self._store.revoke_key(key_id, utcnow())
@@ -103,7 +116,15 @@ class KeyRing:
 
 def _to_key(row: ApiKeyRow) -> ApiKey:
     deps = frozenset(row.deployments) if row.deployments is not None else None
-    return ApiKey(id=row.id, name=row.name, admin=row.admin, deployments=deps)
+    return ApiKey(
+        id=row.id,
+        name=row.name,
+        admin=row.admin,
+        deployments=deps,
+        budget_usd_monthly=row.budget_usd_monthly,
+        budget_tokens_monthly=row.budget_tokens_monthly,
+        plan_tokens=row.plan_tokens,
+    )
 
 
 async def bootstrap_admin(keys: KeyRing, configured: str | None, data_dir: Path) -> str | None:

@@ -172,7 +172,10 @@ def _endpoint(client: TorporClient, deployment: dict[str, Any]) -> str:
 
 NameArg = Annotated[str, typer.Argument(help="Deployment name.")]
 ModelOpt = Annotated[str | None, typer.Option("--model", help="Model path, URL or repo.")]
-FrameworkOpt = Annotated[str | None, typer.Option("--framework", help="llama.cpp or custom.")]
+FrameworkOpt = Annotated[
+    str | None,
+    typer.Option("--framework", help="llama.cpp, vllm, sglang, ollama, embed or custom."),
+]
 MinOpt = Annotated[int | None, typer.Option("--min-workers", min=0, help="Workers kept warm.")]
 MaxOpt = Annotated[int | None, typer.Option("--max-workers", min=1, help="Worker ceiling.")]
 ConcOpt = Annotated[int | None, typer.Option("--concurrency", min=1, help="Requests per worker.")]
@@ -242,14 +245,45 @@ def _spec(file: Path | None, **flags: Any) -> dict[str, Any]:
 
 
 def _wait(client: TorporClient, name: str) -> None:
-    """Poll until setup is running or failed, then print the outcome."""
-    with console.status(f"waiting for {name}…") as status:
+    """Poll until setup is running or failed, with a progress bar while the model downloads,
+    then print the outcome."""
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        SpinnerColumn,
+        TextColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+
+    bar = Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=True,
+    )
+    with bar:
+        task = bar.add_task(f"waiting for {name}…", total=None)
         while True:
             dep = client.get_deployment(name)
             if dep.get("state") in ("running", "failed"):
                 break
-            status.update(f"{name}: {dep.get('state')} ({dep.get('status')})")
-            time.sleep(1.0)
+            download = dep.get("download") or {}
+            bar.update(
+                task,
+                description=f"{name}: {dep.get('state')} ({dep.get('status')})",
+                total=download.get("bytes_total"),
+                completed=download.get("bytes_done") or 0,
+            )
+            time.sleep(0.5)
+    size = (dep.get("storage") or {}).get("model_bytes")
+    if dep.get("download") and size:
+        console.print(Text(f"model: {dep['download'].get('source')} ({size / 1e6:.1f} MB stored)"))
     console.print(
         Text.assemble(f"{name}: ", (str(dep.get("state")), "bold"), f" ({dep.get('status')})")
     )
@@ -492,6 +526,38 @@ def events(
 
 
 @app.command()
+def usage(
+    ctx: typer.Context,
+    window: Annotated[str, typer.Option(help="1h, 6h, 24h, 7d or 30d.")] = "24h",
+    deployment: Annotated[str | None, typer.Option(help="Only this deployment.")] = None,
+) -> None:
+    """Print usage and spend: the summary, then one row per deployment."""
+    with _api(ctx) as client:
+        total = client.usage_summary(window, deployment)
+        rows = [] if deployment else client.usage_by_deployment(window)
+    if deployment is None:
+        rows = [*rows, {**total, "deployment": "TOTAL"}]
+    else:
+        rows = [{**total, "deployment": deployment}]
+    _table(
+        ("DEPLOYMENT", "REQUESTS", "PROMPT", "COMPLETION", "AVG LATENCY", "AVG TTFT", "COST"),
+        [
+            [
+                r.get("deployment"),
+                r.get("requests", 0),
+                r.get("prompt_tokens", 0),
+                r.get("completion_tokens", 0),
+                f"{r.get('avg_latency_ms', 0):.1f} ms",
+                f"{r.get('avg_ttft_ms', 0):.1f} ms",
+                f"${r.get('cost', 0):.6f}",
+            ]
+            for r in rows
+        ],
+        "no usage",
+    )
+
+
+@app.command()
 def rm(
     ctx: typer.Context,
     name: NameArg,
@@ -551,3 +617,23 @@ def keys_revoke(
     with _api(ctx) as client:
         client.revoke_key(key_id)
     console.print(Text(f"revoked key {key_id}"))
+
+
+@app.command("gpus")
+def list_gpus(ctx: typer.Context) -> None:
+    """Accelerators: type, memory and the worker that holds each."""
+    with _api(ctx) as client:
+        devices = client._list("/api/gpus")
+    rows = [
+        [
+            d.get("kind"),
+            d.get("index"),
+            d.get("type"),
+            f"{d['memory_mb'] // 1024} GiB" if d.get("memory_mb") else None,
+            d.get("deployment"),
+            d.get("worker"),
+        ]
+        for d in devices
+    ]
+    columns = ("KIND", "INDEX", "TYPE", "MEMORY", "DEPLOYMENT", "WORKER")
+    _table(columns, rows, "no accelerators (declare some with TORPOR_GPUS, e.g. 4xA100-80GB)")

@@ -190,5 +190,16 @@ class TorporClient:
     def list_keys(self) -> list[JSON]:
         return self._list("/api/keys")
 
+    def usage_summary(self, window: str, deployment: str | None = None) -> JSON:
+        params = {"window": window}
+        if deployment:
+            params["deployment"] = deployment
+        result = self._request("GET", "/api/usage/summary", params=params)
+        return dict(result or {})
+
+    def usage_by_deployment(self, window: str) -> list[JSON]:
+        result = self._request("GET", "/api/usage/by-deployment", params={"window": window})
+        return list((result or {}).get("data", []))
+
     def revoke_key(self, key_id: str) -> JSON:
         return self._object("DELETE", f"/api/keys/{_seg(key_id)}")

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from torpor.admission import Admission, DeploymentGate, Route
 from torpor.autoscaler import ScalingView, WorkerView, plan_scaling, restart_backoff
@@ -25,7 +25,8 @@ from torpor.engines import engine_for
 from torpor.errors import Conflict, DeploymentUnavailable, NoCapacity, NotFound, UpstreamError
 from torpor.gpus import GpuPool
 from torpor.logs import tail_lines
-from torpor.models import ModelError, resolve_model
+from torpor.models import ModelError
+from torpor.modelstore import DownloadProgress, ModelStore
 from torpor.runtime import LaunchSpec, Runtime, WorkerHandle
 from torpor.settings import Settings
 from torpor.spec import DeploymentPatch, DeploymentSpec, needs_rollout
@@ -84,6 +85,9 @@ class Deployment:
     gate: DeploymentGate
     reason: str | None = None
     model_path: Path | None = None
+    # The model fetch in progress (or last done) and the stored model's size.
+    download: DownloadProgress | None = None
+    model_size_bytes: int | None = None
     # Consecutive worker failures; reset when a worker becomes ready.
     failures: int = 0
     start_not_before: float = 0.0
@@ -101,6 +105,18 @@ class Deployment:
         return [w for w in self.workers.values() if w.live]
 
 
+class WorkerMeter(Protocol):
+    """Worker time for billing: told when a worker starts, is ready and stops."""
+
+    def worker_started(
+        self, worker_id: str, deployment: str, gpu_kind: str, gpu_count: int, at: datetime
+    ) -> None: ...
+
+    def worker_ready(self, worker_id: str, at: datetime) -> None: ...
+
+    def worker_stopped(self, worker_id: str, at: datetime, reason: str | None) -> None: ...
+
+
 class Controller:
     def __init__(
         self,
@@ -110,6 +126,7 @@ class Controller:
         admission: Admission,
         gpus: GpuPool,
         clock: Callable[[], float],
+        meter: WorkerMeter | None = None,
     ):
         self.settings = settings
         self.store = store
@@ -117,6 +134,7 @@ class Controller:
         self.admission = admission
         self.gpus = gpus
         self.clock = clock
+        self.meter = meter
         self.deployments: dict[str, Deployment] = {}
         self._wake = asyncio.Event()
         self._loop_task: asyncio.Task[None] | None = None
@@ -198,9 +216,12 @@ class Controller:
         if needs_rollout(old, new):
             dep.spec_version += 1
             dep.failures, dep.start_not_before, dep.last_error = 0, 0.0, None
-            if (new.model, new.framework) != (old.model, old.framework) or dep.state in (
-                SetupState.FAILED,
-            ):
+            new_model = (new.model, new.framework, new.source) != (
+                old.model,
+                old.framework,
+                old.source,
+            )
+            if new_model or dep.state is SetupState.FAILED:
                 # A new model goes through the setup pipeline again; the old workers keep
                 # serving until new ones are ready.
                 self._begin_setup(dep)
@@ -235,6 +256,10 @@ class Controller:
             recent_failures=dep.failures,
         )
 
+    def storage_dir(self, name: str) -> Path:
+        """Everything a deployment holds on disk (metered as storage)."""
+        return self._dir(name)
+
     def worker_dir(self, name: str) -> Path:
         return self._dir(name) / "workers"
 
@@ -247,16 +272,24 @@ class Controller:
 
     async def _setup(self, dep: Deployment) -> None:
         try:
-            if dep.state is not SetupState.STARTING:
-                await self._set_state(dep, SetupState.STARTING)
+            # Recorded on every run of the pipeline, the first one included.
+            await self._set_state(dep, SetupState.STARTING)
             await asyncio.to_thread(self.worker_dir(dep.name).mkdir, parents=True, exist_ok=True)
             await self._set_state(dep, SetupState.FILESYSTEM_CREATED)
             await self._set_state(dep, SetupState.DOWNLOADING_MODEL)
             spec = dep.spec
-            if engine_for(spec.framework).needs_model(spec):
-                dep.model_path = await asyncio.to_thread(resolve_model, spec.model)
-            else:
-                dep.model_path = None
+            dep.download = None
+
+            def on_progress(progress: DownloadProgress) -> None:
+                dep.download = progress
+
+            fetched = await ModelStore().fetch(
+                spec, engine_for(spec.framework).needs_model(spec), self._dir(dep.name), on_progress
+            )
+            dep.model_path, dep.model_size_bytes = fetched.path, fetched.size_bytes
+            if fetched.downloaded:
+                what = f"{fetched.source.kind.value} {fetched.source.ref}"
+                await self._event(dep, "model", "stored", f"{what}: {fetched.size_bytes} bytes")
             await self._set_state(dep, SetupState.MODEL_DOWNLOADED)
             await self._set_state(dep, SetupState.RUNNING)
             dep.gate.blocked = None
@@ -408,7 +441,7 @@ class Controller:
     async def _start_worker(self, dep: Deployment, now: float) -> bool:
         spec = dep.spec
         worker_id = f"{spec.name}-{secrets.token_hex(3)}"
-        gpu_ids = self.gpus.allocate(worker_id, spec.gpus)
+        gpu_ids = self.gpus.allocate(worker_id, spec.gpus, spec.accelerator)
         if gpu_ids is None:
             dep.waiting_for_gpus = True
             dep.gate.fail_waiters(NoCapacity())
@@ -440,7 +473,7 @@ class Controller:
                     log_path=w.log_path,
                     cwd=self._dir(spec.name),
                     fixed_port=launch.fixed_port,
-                    device_env=self.gpus.env_for(gpu_ids),
+                    device_env=self.gpus.env_for(gpu_ids, spec.accelerator),
                 )
             )
         except OSError as exc:
@@ -448,6 +481,10 @@ class Controller:
             self.gpus.release(worker_id)
             self._count_failure(dep, w, None, now)
             return False
+        if self.meter is not None:
+            held = self.gpus.devices_of(worker_id)
+            kind = held[0].model if held else "cpu"
+            self.meter.worker_started(worker_id, spec.name, kind, len(gpu_ids), w.started_at)
         await self._event(
             dep, "worker", "provisioning", f"{worker_id} started (pid {w.handle.pid})"
         )
@@ -457,6 +494,8 @@ class Controller:
     def _worker_ready(self, dep: Deployment, w: Worker) -> None:
         w.state = check_worker(w.state, WorkerState.HEALTHY)
         w.ready_at, w.ready_mono, w.dirty = utcnow(), self.clock(), True
+        if self.meter is not None:
+            self.meter.worker_ready(w.id, w.ready_at)
         dep.failures, dep.start_not_before = 0, 0.0
         self._publish_routes(dep)
         self._spawn(self._event(dep, "worker", "healthy", f"{w.id} ready"))
@@ -491,6 +530,8 @@ class Controller:
         SIGKILL) and its devices are released when it is gone."""
         w.state = check_worker(w.state, state)
         w.reason, w.stopped_at, w.dirty = reason, utcnow(), True
+        if self.meter is not None:
+            self.meter.worker_stopped(w.id, w.stopped_at, reason)
         dep.gate.report_broken(w.id)
         handle, w.handle = w.handle, None
         task = asyncio.create_task(self._terminate(w, handle))

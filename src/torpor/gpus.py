@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 import shutil
 import subprocess
@@ -39,6 +40,39 @@ def parse_declared(text: str) -> list[Device]:
                 Device(same_kind, kind, model, int(mem.group(1)) * 1024 if mem else None)
             )
     return devices
+
+
+def detect_nvml() -> list[Device] | None:
+    """NVIDIA devices from NVML (nvidia-ml-py); None when NVML is not available here."""
+    try:
+        import pynvml
+    except ImportError:
+        return None
+    try:
+        pynvml.nvmlInit()
+    except Exception:  # pynvml.NVMLError: no driver or no library
+        return None
+    try:
+        devices = []
+        for i in range(int(pynvml.nvmlDeviceGetCount())):
+            handle = pynvml.nvmlDeviceGetHandleByIndex(i)
+            name = pynvml.nvmlDeviceGetName(handle)
+            if isinstance(name, bytes):
+                name = name.decode()
+            memory = int(pynvml.nvmlDeviceGetMemoryInfo(handle).total) // (1024 * 1024)
+            devices.append(Device(i, NVIDIA, str(name), memory))
+        return devices
+    except Exception:
+        return None
+    finally:
+        with contextlib.suppress(Exception):
+            pynvml.nvmlShutdown()
+
+
+def detect_devices() -> list[Device]:
+    """The accelerators of this host: NVML when it works, else nvidia-smi, else none."""
+    devices = detect_nvml()
+    return devices if devices is not None else detect_nvidia()
 
 
 def detect_nvidia() -> list[Device]:
@@ -84,6 +118,13 @@ class GpuPool:
         for i in chosen:
             self.holders[(kind, i)] = worker_id
         return chosen
+
+    def holder(self, device: Device) -> str | None:
+        return self.holders.get((device.kind, device.index))
+
+    def devices_of(self, worker_id: str) -> list[Device]:
+        held = {k for k, w in self.holders.items() if w == worker_id}
+        return [d for d in self.devices if (d.kind, d.index) in held]
 
     def release(self, worker_id: str) -> None:
         self.holders = {k: w for k, w in self.holders.items() if w != worker_id}

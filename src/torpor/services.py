@@ -4,21 +4,29 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import aiohttp
 
 from torpor.admission import Admission
+from torpor.asyncreq import AsyncDeps, AsyncRequests
 from torpor.auth import ApiKey, KeyRing, bootstrap_admin
 from torpor.controller import Controller
 from torpor.gateway.dispatch import Dispatcher
 from torpor.gateway.proxy import ProxyDeps
-from torpor.gpus import GpuPool, detect_nvidia, parse_declared
+from torpor.gpus import GpuPool, detect_devices, parse_declared
+from torpor.metering.budget import Caps
+from torpor.metering.meter import Meter
+from torpor.metering.metrics import Metrics
+from torpor.metering.pricing import Prices
 from torpor.models import BUNDLED_MODEL
 from torpor.runtime.local import LocalRuntime
 from torpor.settings import Settings
-from torpor.spec import DeploymentSpec
+from torpor.spec import DeploymentPrices, DeploymentSpec
 from torpor.store import Store, open_store
+from torpor.store.db import utcnow
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +56,11 @@ class Services:
     admission: Admission = field(init=False)
     controller: Controller = field(init=False)
     gpus: GpuPool = field(init=False)
+    async_requests: AsyncRequests = field(init=False)
+    metrics: Metrics = field(init=False)
+    meter: Meter = field(init=False)
+    _dispatcher: Dispatcher | None = field(default=None, init=False)
+    _proxy_deps: ProxyDeps | None = field(default=None, init=False)
     _http: aiohttp.ClientSession | None = field(default=None, init=False)
     generated_admin_key: str | None = field(default=None, init=False)
 
@@ -68,10 +81,38 @@ class Services:
         self.keys = KeyRing(self.store)
         await self.keys.load()
         self.generated_admin_key = await bootstrap_admin(self.keys, s.admin_key, s.data_dir)
-        self.gpus = GpuPool(parse_declared(s.gpus) if s.gpus else detect_nvidia())
+        self.gpus = GpuPool(parse_declared(s.gpus) if s.gpus else detect_devices())
         self.admission = Admission(time.monotonic, self._on_demand)
+        self.metrics = Metrics()
+        self.meter = Meter(
+            self.store,
+            prices_for=self.prices_for,
+            caps_for_deployment=self._caps_for,
+            storage_dirs=self._storage_dirs,
+            metrics=self.metrics,
+            flush_interval_s=s.metering_flush_interval_s,
+            storage_interval_s=s.storage_sample_interval_s,
+            raw_retention_days=s.usage_raw_retention_days,
+        )
+        await self.meter.load()
         self.controller = Controller(
-            s, self.store, LocalRuntime(self.http), self.admission, self.gpus, time.monotonic
+            s,
+            self.store,
+            LocalRuntime(self.http),
+            self.admission,
+            self.gpus,
+            time.monotonic,
+            meter=self.meter,
+        )
+        self.metrics.watch(self._queue_gauges, self._worker_gauges)
+        self._dispatcher = Dispatcher(
+            gate_for=self.admission.get,
+            http=self.http,
+            on_worker_broken=self.controller.wake,
+            keepalive_interval_s=s.keepalive_interval_s,
+            request_timeout_s=s.request_timeout_s,
+            connect_timeout_s=s.upstream_connect_timeout_s,
+            meter=self.meter if s.metering_enabled else None,
         )
         orphans = await self.controller.load()
         if orphans:
@@ -85,9 +126,16 @@ class Services:
                 await self.controller.create(default_deployment())
             marker.write_text("torpor data dir\n")
         self.controller.start()
+        self.meter.start()
+        self.async_requests = AsyncRequests(
+            AsyncDeps(s, self.store, lambda: self.dispatcher, self._spec_of, self.http, utcnow)
+        )
+        await self.async_requests.start()
 
     async def stop(self) -> None:
+        await self.async_requests.stop()  # first: interrupted requests stay accepted
         await self.controller.shutdown()
+        await self.meter.close()  # after the controller: worker stops are billed too
         await self.store.close()
         if self._http is not None:
             await self._http.close()
@@ -96,18 +144,66 @@ class Services:
         self.controller.wake()
 
     def proxy_deps(self) -> ProxyDeps:
-        return ProxyDeps(keys=self.keys, model_ids=self._model_ids, dispatcher=self.dispatcher)
+        if self._proxy_deps is None:
+            self._proxy_deps = ProxyDeps(
+                keys=self.keys,
+                model_ids=self._model_ids,
+                dispatcher=self.dispatcher,
+                async_submit=self.async_requests.submit_openai,
+            )
+        return self._proxy_deps
 
     @property
     def dispatcher(self) -> Dispatcher:
-        return Dispatcher(
-            gate_for=self.admission.get,
-            http=self.http,
-            on_worker_broken=self.controller.wake,
-            keepalive_interval_s=self.settings.keepalive_interval_s,
-            request_timeout_s=self.settings.request_timeout_s,
-            connect_timeout_s=self.settings.upstream_connect_timeout_s,
+        assert self._dispatcher is not None, "services not started"
+        return self._dispatcher
+
+    def prices_for(self, deployment: str) -> Prices:
+        s = self.settings
+        dep = self.controller.deployments.get(deployment)
+        override = dep.spec.prices if dep is not None else None
+        gpu_rate = s.gpu_hourly_usd.get("default", 0.0)
+        if dep is not None and dep.spec.gpus:
+            models = [d.model for d in self.gpus.devices if d.kind == dep.spec.accelerator]
+            if models:
+                gpu_rate = s.gpu_hourly_usd.get(models[0], gpu_rate)
+
+        o = override if override is not None else DeploymentPrices()
+
+        def pick(value: float | None, default: float) -> float:
+            return default if value is None else value
+
+        return Prices(
+            prompt_per_mtok=pick(o.prompt_per_mtok, s.price_prompt_per_mtok),
+            completion_per_mtok=pick(o.completion_per_mtok, s.price_completion_per_mtok),
+            gpu_hourly=pick(o.gpu_hourly, gpu_rate),
+            storage_gb_month=pick(o.storage_gb_month, s.storage_gb_month_usd),
         )
+
+    def _caps_for(self, deployment: str) -> Caps:
+        dep = self.controller.deployments.get(deployment)
+        if dep is None:
+            return Caps()
+        return Caps(dep.spec.budget_usd_monthly, dep.spec.budget_tokens_monthly)
+
+    def _storage_dirs(self) -> dict[str, Path]:
+        return {name: self.controller.storage_dir(name) for name in self.controller.deployments}
+
+    def _queue_gauges(self) -> Iterator[tuple[str, int, int]]:
+        for name, gate in list(self.admission.gates.items()):
+            yield name, gate.waiting, gate.total_inflight
+
+    def _worker_gauges(self) -> Iterator[tuple[str, str, int]]:
+        for name, dep in list(self.controller.deployments.items()):
+            counts: dict[str, int] = {}
+            for w in dep.workers.values():
+                counts[w.state.value] = counts.get(w.state.value, 0) + 1
+            for state, n in counts.items():
+                yield name, state, n
+
+    def _spec_of(self, deployment: str) -> DeploymentSpec | None:
+        dep = self.controller.deployments.get(deployment)
+        return dep.spec if dep is not None else None
 
     def _model_ids(self, key: ApiKey) -> list[tuple[str, float]]:
         return [

@@ -48,6 +48,32 @@ class Settings(BaseSettings):
     create_default_deployment: bool = True
     log_level: str = "info"
 
+    # Metering. Flushes at least every second: a crash loses at most one interval.
+    metering_enabled: bool = True
+    metering_flush_interval_s: float = Field(default=0.5, gt=0, le=1.0)
+    storage_sample_interval_s: float = Field(default=60.0, gt=0)
+    usage_raw_retention_days: float = Field(default=30.0, gt=0)
+    # Default prices in USD, editable per deployment (`prices` in the spec).
+    price_prompt_per_mtok: float = Field(default=0.05, ge=0)
+    price_completion_per_mtok: float = Field(default=0.10, ge=0)
+    # Per device-hour by GPU model name as declared or detected ("A100-80GB"), or "default".
+    gpu_hourly_usd: dict[str, float] = Field(default_factory=lambda: {"default": 2.0})
+    storage_gb_month_usd: float = Field(default=0.10, ge=0)
+    # Async requests: results (and the stored request) are deleted this long after they end.
+    async_retention_s: float = Field(default=86400.0, gt=0)
+    # Period of the async runner's look for due work (it also wakes at once on new requests).
+    async_poll_interval_s: float = Field(default=1.0, gt=0)
+    async_sweep_interval_s: float = Field(default=60.0, gt=0)
+    # An async request refused by admission (429, 503, 504) is queued again this many times.
+    async_max_retries: int = Field(default=5, ge=0)
+    async_retry_backoff_base_s: float = Field(default=1.0, ge=0)
+    async_retry_backoff_max_s: float = Field(default=60.0, ge=0)
+    # Webhook delivery of async results: attempts, backoff between them, timeout of each.
+    webhook_max_attempts: int = Field(default=8, ge=1)
+    webhook_backoff_base_s: float = Field(default=1.0, ge=0)
+    webhook_backoff_max_s: float = Field(default=300.0, ge=0)
+    webhook_timeout_s: float = Field(default=10.0, gt=0)
+
     @field_validator("data_dir")
     @classmethod
     def _expand(cls, value: Path) -> Path:

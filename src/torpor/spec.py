@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -23,16 +23,58 @@ LIVE_FIELDS = frozenset(
         "idle_timeout_s",
         "wait_time_s",
         "max_queue",
+        "async_enabled",
+        "prices",
+        "budget_usd_monthly",
+        "budget_tokens_monthly",
+        "catalog",
+        "storage_gb",
     }
 )
 # Fields whose change needs new worker processes: workers are rolled over to the new spec.
-ROLLING_FIELDS = frozenset({"model", "framework", "framework_args", "env", "gpus", "options"})
+ROLLING_FIELDS = frozenset(
+    {"model", "framework", "framework_args", "env", "gpus", "options", "accelerator", "source"}
+)
+
+Accelerator = Literal["nvidia.com/gpu", "furiosa.ai/rngd"]
+CatalogType = Literal["chat", "code", "embedding", "video-generation"]
+
+
+class ModelSource(BaseModel):
+    """Where exactly a Hugging Face model comes from (ignored for other sources)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    revision: str | None = Field(default=None, min_length=1, max_length=200)
+    allow_patterns: list[str] = Field(default_factory=list)
+    ignore_patterns: list[str] = Field(default_factory=list)
+
+
+class Catalog(BaseModel):
+    """How the deployment is listed; unset fields are derived from the model."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    vendor: str | None = Field(default=None, max_length=200)
+    display_name: str | None = Field(default=None, max_length=200)
+    type: CatalogType | None = None
 
 
 def validate_name(value: str) -> str:
     if not _NAME_RE.match(value):
         raise ValueError(NAME_RULE)
     return value
+
+
+class DeploymentPrices(BaseModel):
+    """Per-deployment rates in USD; unset ones fall back to the settings' defaults."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prompt_per_mtok: float | None = Field(default=None, ge=0)
+    completion_per_mtok: float | None = Field(default=None, ge=0)
+    gpu_hourly: float | None = Field(default=None, ge=0)
+    storage_gb_month: float | None = Field(default=None, ge=0)
 
 
 class DeploymentSpec(BaseModel):
@@ -54,6 +96,20 @@ class DeploymentSpec(BaseModel):
     env: dict[str, str] = Field(default_factory=dict)
     framework_args: list[str] = Field(default_factory=list)
     gpus: int = Field(default=0, ge=0)
+    # Accelerator kind of the `gpus` devices.
+    accelerator: Accelerator = "nvidia.com/gpu"
+    # Hugging Face source details: revision and file patterns.
+    source: ModelSource = Field(default_factory=ModelSource)
+    # The deployment's storage limit: the model must fit (checked before and while fetching).
+    storage_gb: float = Field(default=100.0, gt=0)
+    # Catalog entry; unset fields are derived from the model.
+    catalog: Catalog = Field(default_factory=Catalog)
+    # Accept async requests (X-Async, POST /deployment/{name}/...).
+    async_enabled: bool = True
+    # Metering: rates that override the settings' defaults, and monthly caps.
+    prices: DeploymentPrices = Field(default_factory=DeploymentPrices)
+    budget_usd_monthly: float | None = Field(default=None, ge=0)
+    budget_tokens_monthly: int | None = Field(default=None, ge=0)
 
     @field_validator("name")
     @classmethod
@@ -97,10 +153,23 @@ class DeploymentPatch(BaseModel):
     env: dict[str, str] | None = None
     framework_args: list[str] | None = None
     gpus: int | None = None
+    accelerator: Accelerator | None = None
+    source: ModelSource | None = None
+    storage_gb: float | None = None
+    catalog: Catalog | None = None
+    async_enabled: bool | None = None
+    prices: DeploymentPrices | None = None
+    budget_usd_monthly: float | None = None
+    budget_tokens_monthly: int | None = None
 
     def apply(self, spec: DeploymentSpec) -> DeploymentSpec:
         """The merged spec, validated again as a whole (raises pydantic.ValidationError)."""
         merged = spec.model_dump() | self.model_dump(exclude_unset=True)
+        if self.catalog is not None:
+            # A catalog patch changes only the catalog fields it names.
+            merged["catalog"] = spec.catalog.model_dump() | self.catalog.model_dump(
+                exclude_unset=True
+            )
         return DeploymentSpec.model_validate(merged)
 
 

@@ -103,3 +103,26 @@ def serving_status(
     if recent_failures or waiting_for_gpus:
         return ServingStatus.DEGRADED
     return ServingStatus.READY
+
+
+class Lifecycle(StrEnum):
+    """The model's lifecycle as the dashboard shows it."""
+
+    COLD = "cold"
+    WARMING_UP = "warming_up"
+    ACTIVE = "active"
+    SLEEPING = "sleeping"
+    FAILED = "failed"
+
+
+def lifecycle(status: ServingStatus, worker_states: list[WorkerState]) -> Lifecycle:
+    """Derived, never stored."""
+    if status is ServingStatus.ERROR:
+        return Lifecycle.FAILED
+    if any(s is _W.HEALTHY for s in worker_states):
+        return Lifecycle.ACTIVE
+    if any(s is _W.PROVISIONING for s in worker_states):
+        return Lifecycle.WARMING_UP
+    if any(s is _W.SLEEPING for s in worker_states):
+        return Lifecycle.SLEEPING
+    return Lifecycle.COLD

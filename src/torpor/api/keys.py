@@ -20,6 +20,21 @@ class KeyCreate(BaseModel):
     name: str = Field(min_length=1, max_length=200)
     deployments: list[str] | None = None
     admin: bool = False
+    budget_usd_monthly: float | None = Field(default=None, ge=0)
+    budget_tokens_monthly: int | None = Field(default=None, ge=0)
+    plan_tokens: int | None = Field(default=None, ge=0)
+
+
+class KeyPatch(BaseModel):
+    """Fields to change; an explicit null removes a limit or a scope."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str | None = Field(default=None, min_length=1, max_length=200)
+    deployments: list[str] | None = None
+    budget_usd_monthly: float | None = Field(default=None, ge=0)
+    budget_tokens_monthly: int | None = Field(default=None, ge=0)
+    plan_tokens: int | None = Field(default=None, ge=0)
 
 
 def key_view(row: ApiKeyRow) -> dict[str, Any]:
@@ -31,18 +46,37 @@ def key_view(row: ApiKeyRow) -> dict[str, Any]:
         "admin": row.admin,
         "created_at": row.created_at.isoformat(),
         "revoked_at": row.revoked_at.isoformat() if row.revoked_at else None,
+        "budget_usd_monthly": row.budget_usd_monthly,
+        "budget_tokens_monthly": row.budget_tokens_monthly,
+        "plan_tokens": row.plan_tokens,
     }
 
 
 @router.post("", status_code=201)
 async def create(body: KeyCreate, svc: ServicesDep, _: AdminDep) -> dict[str, Any]:
-    row, secret = await svc.keys.create(body.name, admin=body.admin, deployments=body.deployments)
+    limits = body.model_dump(include={"budget_usd_monthly", "budget_tokens_monthly", "plan_tokens"})
+    row, secret = await svc.keys.create(
+        body.name, admin=body.admin, deployments=body.deployments, limits=limits
+    )
     return {**key_view(row), "key": secret}
 
 
 @router.get("")
 async def list_keys(svc: ServicesDep, _: AdminDep) -> dict[str, Any]:
     return {"data": [key_view(r) for r in await svc.store.list_keys()]}
+
+
+@router.patch("/{key_id}")
+async def update(key_id: str, body: KeyPatch, svc: ServicesDep, _: AdminDep) -> dict[str, Any]:
+    changes = body.model_dump(exclude_unset=True)
+    if "name" in changes and changes["name"] is None:
+        del changes["name"]
+    if changes.get("deployments") is not None:
+        changes["deployments"] = sorted(set(changes["deployments"]))
+    row = await svc.keys.update(key_id, changes)
+    if row is None:
+        raise NotFound(f"API key {key_id!r} not found")
+    return key_view(row)
 
 
 @router.delete("/{key_id}")

@@ -6,6 +6,7 @@ from datetime import datetime
 from typing import Any
 
 from torpor.controller import Controller, Deployment, Worker
+from torpor.modelstore import derive_catalog
 from torpor.states import WorkerState
 
 _FAILING_FIRST = {WorkerState.FAILED: 0, WorkerState.PROVISIONING: 1, WorkerState.DRAINING: 2}
@@ -60,6 +61,14 @@ def deployment_view(controller: Controller, dep: Deployment) -> dict[str, Any]:
         "desired_workers": dep.desired,
         "queue": {"waiting": gate.waiting, "inflight": gate.total_inflight},
         "last_error": dep.last_error,
+        # Download progress while the model is fetched (bytes, total, percent), then done.
+        "download": dep.download.view() if dep.download is not None else None,
+        "storage": {
+            "limit_gb": dep.spec.storage_gb,
+            "model_bytes": dep.model_size_bytes,
+        },
+        # The catalog entry: spec values, the rest derived from the model.
+        "catalog": derive_catalog(dep.spec),
         "workers": [worker_view(w, gate.inflight.get(w.id, 0)) for w in workers],
     }
 

@@ -4,10 +4,18 @@ from __future__ import annotations
 
 from torpor.engines.base import Engine, EngineLaunch
 from torpor.engines.custom import CustomEngine
+from torpor.engines.embed import EmbedEngine
 from torpor.engines.llamacpp import LlamaCppEngine
+from torpor.engines.ollama import OllamaEngine
+from torpor.engines.sglang import SglangEngine
+from torpor.engines.vllm import VllmEngine
 
 FRAMEWORKS: dict[str, Engine] = {
     LlamaCppEngine.name: LlamaCppEngine(),
+    VllmEngine.name: VllmEngine(),
+    SglangEngine.name: SglangEngine(),
+    OllamaEngine.name: OllamaEngine(),
+    EmbedEngine.name: EmbedEngine(),
     CustomEngine.name: CustomEngine(),
 }
 

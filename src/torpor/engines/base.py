@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from torpor.spec import DeploymentSpec
@@ -18,6 +18,11 @@ class EngineLaunch:
     health_path: str
     env: dict[str, str] = field(default_factory=dict)
     fixed_port: int | None = None
+    # The model id the engine answers to (always the deployment's name: no rewriting).
+    served_model: str = ""
+    # How to put a worker to sleep and wake it ("POST /sleep?level=1"), where supported.
+    sleep: str | None = None
+    wake: str | None = None
 
 
 class Engine(Protocol):
@@ -32,6 +37,41 @@ class Engine(Protocol):
         ...
 
     def launch(self, spec: DeploymentSpec, model_path: Path | None) -> EngineLaunch: ...
+
+
+def flag(name: str) -> str:
+    """`tensor_parallel_size` -> `--tensor-parallel-size`."""
+    return "--" + name.replace("_", "-")
+
+
+def check_int(options: dict[str, Any], key: str, low: int = 1) -> None:
+    value = options.get(key)
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
+        raise ValueError(f"options.{key}: must be an integer >= {low}")
+
+
+def check_str(options: dict[str, Any], key: str, choices: frozenset[str] | None = None) -> None:
+    value = options.get(key)
+    if value is None:
+        return
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"options.{key}: must be a non-empty string")
+    if choices is not None and value not in choices:
+        raise ValueError(f"options.{key}: must be one of {', '.join(sorted(choices))}")
+
+
+def check_fraction(options: dict[str, Any], key: str) -> None:
+    value = options.get(key)
+    if value is not None and (
+        isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 1
+    ):
+        raise ValueError(f"options.{key}: must be a number greater than 0 and at most 1")
+
+
+def check_bool(options: dict[str, Any], key: str) -> None:
+    value = options.get(key)
+    if value is not None and not isinstance(value, bool):
+        raise ValueError(f"options.{key}: must be true or false")
 
 
 def refuse_unknown_options(framework: str, options: dict[str, object], known: set[str]) -> None:

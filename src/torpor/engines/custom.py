@@ -1,17 +1,33 @@
-"""custom: any command line serving HTTP; `{port}`, `{host}`, `{model}` are filled in."""
+"""custom: any command line serving HTTP; `{port}`, `{host}`, `{model}` are filled in.
+
+With `image`, the command runs in a container (docker or podman, whichever is on PATH) on
+the host's network, so `{port}` and `health_path` mean the same; the model directory is
+mounted read-only at /model and `{model}` names it there.
+"""
 
 from __future__ import annotations
 
 import shlex
+import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from torpor.engines.base import EngineLaunch, refuse_unknown_options
+from torpor.engines.base import EngineLaunch, check_str, refuse_unknown_options
 
 if TYPE_CHECKING:
     from torpor.spec import DeploymentSpec
 
-_OPTIONS = {"command", "health_path", "port"}
+_OPTIONS = {"command", "health_path", "port", "image"}
+CONTAINER_RUNTIMES = ("docker", "podman")
+CONTAINER_MODEL_DIR = "/model"
+
+
+def container_runtime() -> str | None:
+    for name in CONTAINER_RUNTIMES:
+        exe = shutil.which(name)
+        if exe:
+            return exe
+    return None
 
 
 class CustomEngine:
@@ -22,16 +38,25 @@ class CustomEngine:
 
     def validate(self, spec: DeploymentSpec) -> None:
         refuse_unknown_options(self.name, spec.options, _OPTIONS)
+        check_str(spec.options, "image")
+        image = spec.options.get("image")
+        if image is not None and container_runtime() is None:
+            raise ValueError(
+                "options.image: running a container image needs docker or podman on PATH"
+            )
         command = spec.options.get("command")
-        if not isinstance(command, str) or not command.strip():
-            raise ValueError("options.command: custom needs a command line string")
+        if image is None and (not isinstance(command, str) or not command.strip()):
+            raise ValueError("options.command: custom needs a command line string (or an image)")
+        if command is not None and not isinstance(command, str):
+            raise ValueError("options.command: must be a string")
+        command = command or ""
         try:
             shlex.split(command)
         except ValueError as exc:
             raise ValueError(f"options.command: cannot be parsed: {exc}") from None
         port = spec.options.get("port")
         if port is not None:
-            if not isinstance(port, int) or not 1 <= port <= 65535:
+            if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
                 raise ValueError("options.port: must be an integer from 1 to 65535")
             if "{port}" in command:
                 raise ValueError("options.port: give either a fixed port or {port} in command")
@@ -46,13 +71,26 @@ class CustomEngine:
             raise ValueError("options.health_path: must be a path starting with /")
 
     def launch(self, spec: DeploymentSpec, model_path: Path | None) -> EngineLaunch:
-        command = str(spec.options["command"])
-        if model_path is not None:
-            command = command.replace("{model}", shlex.quote(str(model_path)))
-        argv = tuple(shlex.split(command)) + tuple(spec.framework_args)
+        command = str(spec.options.get("command") or "")
+        image = spec.options.get("image")
         port = spec.options.get("port")
-        return EngineLaunch(
-            argv,
-            health_path=str(spec.options.get("health_path", "/health")),
-            fixed_port=int(port) if port is not None else None,
-        )
+        health = str(spec.options.get("health_path", "/health"))
+        fixed = int(port) if port is not None else None
+        if image is None:
+            if model_path is not None:
+                command = command.replace("{model}", shlex.quote(str(model_path)))
+            argv = tuple(shlex.split(command)) + tuple(spec.framework_args)
+            return EngineLaunch(argv, health_path=health, fixed_port=fixed, served_model=spec.name)
+        runtime = container_runtime() or "docker"
+        run = [runtime, "run", "--rm", "--init", "--network", "host"]
+        # Worker env (spec env, devices) is passed by name from the runtime's environment.
+        for key in sorted({*spec.env, "CUDA_VISIBLE_DEVICES", "FURIOSA_DEVICES"}):
+            run += ["-e", key]
+        if spec.gpus and spec.accelerator == "nvidia.com/gpu":
+            run += ["--gpus", "all"]
+        if model_path is not None:
+            run += ["-v", f"{model_path}:{CONTAINER_MODEL_DIR}:ro"]
+            command = command.replace("{model}", CONTAINER_MODEL_DIR)
+        run.append(str(image))
+        argv = (*run, *shlex.split(command), *spec.framework_args)
+        return EngineLaunch(argv, health_path=health, fixed_port=fixed, served_model=spec.name)

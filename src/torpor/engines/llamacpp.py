@@ -32,9 +32,13 @@ class LlamaCppEngine:
             # Served under the deployment's name so `model` needs no rewriting either way.
             argv = [server, "--model", str(model_path), "--host", "{host}", "--port", "{port}"]
             argv += ["--alias", spec.name, *offload]
-            return EngineLaunch(tuple(argv + spec.framework_args), health_path="/health")
+            return EngineLaunch(
+                tuple(argv + spec.framework_args), health_path="/health", served_model=spec.name
+            )
         argv = [sys.executable, "-m", "llama_cpp.server", "--model", str(model_path)]
         argv += ["--host", "{host}", "--port", "{port}", "--model_alias", spec.name]
         if spec.gpus:
             argv += ["--n_gpu_layers", "-1"]
-        return EngineLaunch(tuple(argv + spec.framework_args), health_path="/v1/models")
+        return EngineLaunch(
+            tuple(argv + spec.framework_args), health_path="/v1/models", served_model=spec.name
+        )

@@ -9,11 +9,13 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
 from torpor import __version__
-from torpor.api import deployments, keys
+from torpor.api import async_requests, conversations, deployments, gpus, keys, usage
+from torpor.console import mount_console
 from torpor.errors import InvalidSpec, NotFound, TorporError, error_response
 from torpor.gateway.proxy import Proxy, Receive, Scope, Send
 from torpor.services import Services
@@ -23,6 +25,8 @@ from torpor.validation import format_errors
 log = logging.getLogger(__name__)
 
 _PROXY_PREFIXES = ("/v1/", "/openai/")
+# Under /v1 but served by FastAPI: async request status and cancel.
+_API_UNDER_V1 = ("/v1/requests/",)
 
 
 class TorporApp:
@@ -34,7 +38,12 @@ class TorporApp:
         self.services = services
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"].startswith(_PROXY_PREFIXES):
+        path = scope.get("path", "")
+        if (
+            scope["type"] == "http"
+            and path.startswith(_PROXY_PREFIXES)
+            and not path.startswith(_API_UNDER_V1)
+        ):
             await self.proxy(scope, receive, send)
         else:
             await self.api(scope, receive, send)
@@ -62,10 +71,20 @@ def create_app(settings: Settings) -> TorporApp:
     api.state.services = services
     api.include_router(deployments.router)
     api.include_router(keys.router)
+    api.include_router(gpus.router)
+    api.include_router(conversations.router)
+    api.include_router(async_requests.router)
+    api.include_router(usage.router)
 
     @api.get("/healthz", tags=["health"])
     async def healthz() -> dict[str, Any]:
         return {"status": "ok", "version": __version__}
+
+    @api.get("/metrics", tags=["health"])
+    async def metrics() -> Response:
+        # Prometheus text format; unauthenticated like most scrape targets, and it holds
+        # counts only (no prompts, no keys).
+        return Response(services.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
     @api.exception_handler(TorporError)
     async def _torpor_error(_: Request, exc: TorporError) -> Response:
@@ -90,4 +109,5 @@ def create_app(settings: Settings) -> TorporApp:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
         return error_response(TorporError())
 
+    mount_console(api)  # last: its catch-all route serves the console's pages
     return TorporApp(api, Proxy(services.proxy_deps), services)

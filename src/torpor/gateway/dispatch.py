@@ -8,10 +8,13 @@ buffer for requests run in the background; both go through the same admission an
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import re
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Protocol
 
 import aiohttp
@@ -26,6 +29,8 @@ from torpor.errors import (
     UpstreamError,
     error_body,
 )
+from torpor.metering.meter import RequestUsage, Reservation
+from torpor.metering.sse import StreamUsage
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +68,78 @@ class UpstreamRequest:
     headers: dict[str, str]
     stream: bool
     session_id: str | None
+    # Monotonic arrival time, for latency and queue wait.
+    arrived: float = field(default_factory=time.monotonic)
+    # Streams: drop the usage chunk torpor asked for on the client's behalf, or add one
+    # made from counted chunks when the client asked and the engine gave none.
+    strip_usage_chunk: bool = False
+    want_usage_chunk: bool = False
+    # The request's own cap on generated tokens, reserved against budgets while it runs.
+    max_tokens: int | None = None
+
+    @property
+    def route(self) -> str:
+        return self.path.partition("?")[0]
+
+
+class UsageMeter(Protocol):
+    def admit(self, key: ApiKey, deployment: str, max_tokens: int | None) -> Reservation: ...
+
+    def check(self, key: ApiKey, deployment: str) -> None: ...
+
+    def record(self, usage: RequestUsage, hold: Reservation | None = None) -> None: ...
+
+
+@dataclass
+class _Trace:
+    """What one request did, for its usage record."""
+
+    cold: bool
+    leased: float | None = None
+    first_byte: float | None = None
+    status: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    estimated: bool = False
+    complete: bool = False
+
+    def usage(self, req: UpstreamRequest, now: float) -> RequestUsage:
+        ms = 1000.0
+        leased = self.leased if self.leased is not None else now
+        return RequestUsage(
+            at=datetime.now(UTC),
+            deployment=req.deployment,
+            key_id=req.key.id,
+            session_id=req.session_id,
+            route=req.route,
+            status=self.status,
+            prompt_tokens=self.prompt_tokens,
+            completion_tokens=self.completion_tokens,
+            estimated=self.estimated,
+            ttft_ms=(self.first_byte - req.arrived) * ms if self.first_byte else None,
+            latency_ms=(now - req.arrived) * ms,
+            queue_ms=(leased - req.arrived) * ms,
+            cold_start=self.cold,
+            stream=req.stream,
+        )
+
+
+# The engine's usage object sits at the end of a completion; read just that part.
+_USAGE_RE = re.compile(rb'"usage"\s*:\s*(\{[^{}]*\})')
+
+
+def _usage_of(body: bytes) -> tuple[int, int] | None:
+    at = body.rfind(b'"usage"')
+    if at < 0:
+        return None
+    m = _USAGE_RE.match(body, at)
+    if m is None:
+        return None
+    try:
+        usage = orjson.loads(m.group(1))
+    except orjson.JSONDecodeError:
+        return None
+    return int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
 
 
 class _WorkerUnreachable(Exception):
@@ -77,6 +154,8 @@ class Dispatcher:
     keepalive_interval_s: float
     request_timeout_s: float
     connect_timeout_s: float
+    # None turns metering off (the benchmark compares both).
+    meter: UsageMeter | None = None
 
     def gate(self, deployment: str) -> DeploymentGate:
         gate = self.gate_for(deployment)
@@ -87,13 +166,33 @@ class Dispatcher:
         return gate
 
     async def dispatch(self, req: UpstreamRequest, out: Sink) -> None:
+        meter = self.meter
         gate = self.gate(req.deployment)
-        call = _Upstream(self, req)
-        deadline = time.monotonic() + gate.wait_time_s
+        hold = meter.admit(req.key, req.deployment, req.max_tokens) if meter else None
+        trace = _Trace(cold=not gate.routes)
+        try:
+            await self._forward(gate, req, out, trace)
+        except TorporError as exc:
+            trace.status = exc.status
+            raise
+        except asyncio.CancelledError:
+            if not trace.complete:
+                trace.status = 499  # the client went away before the answer was complete
+            raise
+        finally:
+            if meter is not None:
+                meter.record(trace.usage(req, time.monotonic()), hold)
+
+    async def _forward(
+        self, gate: DeploymentGate, req: UpstreamRequest, out: Sink, trace: _Trace
+    ) -> None:
+        call = _Upstream(self, req, trace)
+        deadline = req.arrived + gate.wait_time_s
         for attempt in range(MAX_RETRIES + 1):
-            lease = await _acquire(self, gate, req.session_id, req.stream, deadline, out)
+            lease = await _acquire(self, gate, req.session_id, req.stream, deadline, out, trace)
             if lease is None:
                 return  # the error already went out as an SSE event
+            trace.leased = time.monotonic()
             try:
                 await call.run(lease, out)
                 return
@@ -150,8 +249,8 @@ class _Upstream:
     """One request to a worker, retried on another worker by the caller when it could not
     reach this one."""
 
-    def __init__(self, deps: Dispatcher, req: UpstreamRequest):
-        self.deps, self.req = deps, req
+    def __init__(self, deps: Dispatcher, req: UpstreamRequest, trace: _Trace):
+        self.deps, self.req, self.trace = deps, req, trace
         if req.stream:
             # Between chunks, not in total: a long generation may stream for minutes.
             self.timeout = aiohttp.ClientTimeout(
@@ -181,18 +280,7 @@ class _Upstream:
         complete = False
         try:
             if req.stream and resp.status == 200:
-                if not out.started:
-                    await out.start_sse([worker])
-                try:
-                    async for chunk in resp.content.iter_any():
-                        await out.body(chunk)
-                except TimeoutError:
-                    await out.error(RequestTimeout())
-                    return
-                except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError):
-                    await out.error(UpstreamError())
-                    return
-                await out.body(b"", more=False)
+                await self._pass_stream(resp, worker, out)
             else:
                 try:
                     data = await resp.read()
@@ -211,6 +299,36 @@ class _Upstream:
                 # Dropping the connection is how the engine learns the client is gone.
                 resp.close()
 
+    async def _pass_stream(
+        self, resp: aiohttp.ClientResponse, worker: tuple[bytes, bytes], out: Sink
+    ) -> None:
+        """Chunk by chunk to the client; usage is read on the way."""
+        req, trace = self.req, self.trace
+        scanner = StreamUsage(req.strip_usage_chunk, req.want_usage_chunk)
+        trace.status = 200
+        if not out.started:
+            await out.start_sse([worker])
+        try:
+            async for chunk in resp.content.iter_any():
+                if trace.first_byte is None:
+                    trace.first_byte = time.monotonic()
+                data = scanner.feed(chunk)
+                trace.complete = scanner.done
+                if data:
+                    await out.body(data)
+        except TimeoutError:
+            trace.status = RequestTimeout.status
+            await out.error(RequestTimeout())
+            return
+        except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError):
+            trace.status = UpstreamError.status
+            await out.error(UpstreamError())
+            return
+        finally:
+            trace.prompt_tokens, trace.completion_tokens = scanner.tokens()
+            trace.estimated = scanner.estimated
+        await out.body(scanner.flush(), more=False)
+
     async def _relay(
         self,
         resp: aiohttp.ClientResponse,
@@ -218,9 +336,16 @@ class _Upstream:
         worker: tuple[bytes, bytes],
         out: Sink,
     ) -> None:
+        trace = self.trace
+        trace.first_byte = time.monotonic()
         if resp.status >= 500:
             log.warning("worker answered %d: %s", resp.status, data[:500])
             raise UpstreamError()
+        trace.status = resp.status
+        if resp.status == 200:
+            usage = _usage_of(data)
+            if usage is not None:
+                trace.prompt_tokens, trace.completion_tokens = usage
         if out.started:
             # Held through a cold start as SSE: an engine error becomes an error event.
             if resp.status >= 400:
@@ -241,6 +366,7 @@ async def _acquire(
     stream: bool,
     deadline: float,
     out: Sink,
+    trace: _Trace,
 ) -> Lease | None:
     """A slot on a worker, waiting through a cold start when needed."""
     lease = gate.try_acquire(session_id)
@@ -269,6 +395,7 @@ async def _acquire(
     except TorporError as exc:
         gate.abandon(waiter)
         if out.started:
+            trace.status = exc.status
             await out.error(exc)
             return None
         raise

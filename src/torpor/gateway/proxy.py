@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
 from typing import Any
@@ -38,8 +39,10 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
 MAX_BODY_BYTES = 32 * 1024 * 1024
+_METERED_STREAMS = frozenset({"/v1/chat/completions", "/v1/completions"})
 # Request headers passed to the engine; everything else (auth above all) stays here.
 _FORWARD = frozenset({b"content-type", b"accept", b"user-agent", b"x-session-id", b"x-request-id"})
+_TRUE = frozenset({"1", "true", "yes", "on"})
 _SSE_HEADERS = [
     (b"content-type", b"text/event-stream; charset=utf-8"),
     (b"cache-control", b"no-cache"),
@@ -52,6 +55,8 @@ class ProxyDeps:
     keys: KeyRing
     model_ids: Callable[[ApiKey], list[tuple[str, float]]]
     dispatcher: Dispatcher
+    # X-Async: true → stored and answered 202 with this body (torpor.asyncreq).
+    async_submit: Callable[[UpstreamRequest, str | None], Awaitable[dict[str, Any]]] | None = None
 
 
 class Responder:
@@ -118,6 +123,7 @@ class Proxy:
             await out.error(TorporError())
 
     async def _handle(self, deps: ProxyDeps, scope: Scope, body: bytes, out: Responder) -> None:
+        arrived = time.monotonic()
         headers = dict(scope["headers"])
         key = deps.keys.authenticate(_header(headers, b"authorization"))
         deployment, path = _split_path(scope["path"])
@@ -131,11 +137,24 @@ class Proxy:
         if not key.may_use(deployment):
             raise Forbidden(f"This API key may not use deployment {deployment!r}")
         deps.dispatcher.gate(deployment)  # unknown deployment: 404 before anything else
-        if payload is not None and payload.get("model") != deployment:
+        stream = bool(payload and payload.get("stream") is True)
+        strip_usage = want_usage = False
+        if payload is not None:
+            rewrite = payload.get("model") != deployment
             # Workers serve under the deployment's name; the per-deployment base URL lets
             # clients send any model string (or none).
             payload["model"] = deployment
-            body = orjson.dumps(payload)
+            if stream and path in _METERED_STREAMS:
+                # Ask the engine for the usage chunk so streams are metered exactly; it is
+                # taken out again when the client did not ask for it.
+                options = payload.get("stream_options")
+                options = options if isinstance(options, dict) else {}
+                want_usage = options.get("include_usage") is True
+                if not want_usage:
+                    payload["stream_options"] = {**options, "include_usage": True}
+                    strip_usage = rewrite = True
+            if rewrite:
+                body = orjson.dumps(payload)
         fwd = {k.decode(): v.decode() for k, v in scope["headers"] if k in _FORWARD}
         if payload is not None:
             fwd["content-type"] = "application/json"
@@ -149,9 +168,20 @@ class Proxy:
             path=path,
             body=body,
             headers=fwd,
-            stream=bool(payload and payload.get("stream") is True),
+            stream=stream,
             session_id=_header(headers, b"x-session-id"),
+            arrived=arrived,
+            strip_usage_chunk=strip_usage,
+            want_usage_chunk=want_usage,
+            max_tokens=_max_tokens(payload),
         )
+        if deps.async_submit is not None and (_header(headers, b"x-async") or "").lower() in _TRUE:
+            if deps.dispatcher.meter is not None:
+                # Over budget: refused at submit, not after a 202.
+                deps.dispatcher.meter.check(key, deployment)
+            accepted = await deps.async_submit(request, _header(headers, b"x-webhook-url"))
+            await out.full(202, [(b"content-type", b"application/json")], orjson.dumps(accepted))
+            return
         await deps.dispatcher.dispatch(request, out)
 
 
@@ -217,6 +247,16 @@ def _parse_json(body: bytes) -> dict[str, Any]:
     if not isinstance(payload, dict):
         raise BadRequest("Request body must be a JSON object")
     return payload
+
+
+def _max_tokens(payload: dict[str, Any] | None) -> int | None:
+    if payload is None:
+        return None
+    for name in ("max_completion_tokens", "max_tokens"):
+        value = payload.get(name)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
 
 
 def _model_of(payload: dict[str, Any] | None, scope: Scope) -> str:

@@ -133,6 +133,15 @@ class Store:
         async with self._session() as s:
             return (await s.scalars(select(ApiKeyRow).order_by(ApiKeyRow.created_at))).all()
 
+    async def update_key(self, key_id: str, changes: dict[str, Any]) -> ApiKeyRow | None:
+        async with self._session.begin() as s:
+            row = await s.get(ApiKeyRow, key_id)
+            if row is None:
+                return None
+            for name, value in changes.items():
+                setattr(row, name, value)
+            return row
+
     async def revoke_key(self, key_id: str, at: datetime) -> bool:
         async with self._session.begin() as s:
             result = await s.execute(

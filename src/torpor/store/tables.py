@@ -69,3 +69,7 @@ class ApiKeyRow(Base):
     deployments: Mapped[list[str] | None] = mapped_column(JSON, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    # Monthly caps (None: no cap) and the plan limit that drives the catalog's usage bar.
+    budget_usd_monthly: Mapped[float | None] = mapped_column(Float, nullable=True)
+    budget_tokens_monthly: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    plan_tokens: Mapped[int | None] = mapped_column(Integer, nullable=True)

@@ -1,0 +1,36 @@
+"""Accelerators: the inventory, and which worker of which deployment holds each device."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+
+from torpor.api.deps import AdminDep, ServicesDep
+from torpor.gpus import VISIBLE_DEVICES_ENV
+
+router = APIRouter(prefix="/api/gpus", tags=["gpus"])
+
+
+@router.get("")
+async def list_gpus(svc: ServicesDep, _: AdminDep) -> dict[str, Any]:
+    pool = svc.gpus
+    owners = {
+        w.id: dep.name for dep in svc.controller.deployments.values() for w in dep.workers.values()
+    }
+    data = []
+    for d in pool.devices:
+        worker = pool.holder(d)
+        data.append(
+            {
+                "index": d.index,
+                "kind": d.kind,
+                "type": d.model,
+                "memory_mb": d.memory_mb,
+                "env": VISIBLE_DEVICES_ENV[d.kind],
+                "worker": worker,
+                "deployment": owners.get(worker) if worker else None,
+            }
+        )
+    free = sum(1 for row in data if row["worker"] is None)
+    return {"data": data, "total": len(data), "free": free}

@@ -1,0 +1,45 @@
+"""Ollama: one `ollama serve` per worker on its own OLLAMA_HOST, models from the deployment's
+storage (OLLAMA_MODELS), where setup pulled the tag and copied it to the deployment's name."""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from torpor.engines.base import EngineLaunch, check_str, refuse_unknown_options
+
+if TYPE_CHECKING:
+    from torpor.spec import DeploymentSpec
+
+OPTIONS = {"keep_alive"}
+TAG_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]*(:[A-Za-z0-9._-]+)?$")
+
+
+def ollama_exe() -> str:
+    return shutil.which("ollama") or "ollama"
+
+
+class OllamaEngine:
+    name = "ollama"
+
+    def needs_model(self, spec: DeploymentSpec) -> bool:
+        return True
+
+    def validate(self, spec: DeploymentSpec) -> None:
+        if not spec.model or not TAG_RE.match(spec.model):
+            raise ValueError("model: ollama needs a model tag such as 'llama3.2:1b'")
+        refuse_unknown_options(self.name, spec.options, OPTIONS)
+        check_str(spec.options, "keep_alive")
+        if spec.framework_args:
+            raise ValueError("framework_args: ollama serve takes no arguments; use env instead")
+
+    def launch(self, spec: DeploymentSpec, model_path: Path | None) -> EngineLaunch:
+        assert model_path is not None  # the OLLAMA_MODELS directory in the storage
+        env = {"OLLAMA_HOST": "{host}:{port}", "OLLAMA_MODELS": str(model_path)}
+        # Loaded for as long as the worker lives; torpor scales the worker, not the model.
+        env["OLLAMA_KEEP_ALIVE"] = str(spec.options.get("keep_alive", "-1"))
+        return EngineLaunch(
+            (ollama_exe(), "serve"), health_path="/api/version", env=env, served_model=spec.name
+        )

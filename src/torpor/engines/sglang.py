@@ -1,0 +1,71 @@
+"""SGLang: `python -m sglang.launch_server` with typed options (the vLLM names, mapped)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from torpor.engines.base import (
+    EngineLaunch,
+    check_bool,
+    check_fraction,
+    check_int,
+    check_str,
+    refuse_unknown_options,
+)
+from torpor.engines.vllm import DTYPES, validate_parallelism
+
+if TYPE_CHECKING:
+    from torpor.spec import DeploymentSpec
+
+# torpor option -> SGLang flag (same option names as vLLM, SGLang's own flags).
+FLAGS = {
+    "tensor_parallel_size": "--tp-size",
+    "dtype": "--dtype",
+    "max_model_len": "--context-length",
+    "quantization": "--quantization",
+    "gpu_memory_utilization": "--mem-fraction-static",
+}
+OPTIONS = {*FLAGS, "enable_memory_saver"}
+
+
+class SglangEngine:
+    name = "sglang"
+
+    def needs_model(self, spec: DeploymentSpec) -> bool:
+        return True
+
+    def validate(self, spec: DeploymentSpec) -> None:
+        if not spec.model:
+            raise ValueError(
+                "model: sglang needs a Hugging Face repo id or a local model directory"
+            )
+        refuse_unknown_options(self.name, spec.options, OPTIONS)
+        check_int(spec.options, "tensor_parallel_size")
+        check_int(spec.options, "max_model_len")
+        check_str(spec.options, "dtype", DTYPES)
+        check_str(spec.options, "quantization")
+        check_fraction(spec.options, "gpu_memory_utilization")
+        check_bool(spec.options, "enable_memory_saver")
+        validate_parallelism(spec, "tensor_parallel_size")
+
+    def launch(self, spec: DeploymentSpec, model_path: Path | None) -> EngineLaunch:
+        assert model_path is not None
+        opts = spec.options
+        argv = [sys.executable, "-m", "sglang.launch_server", "--model-path", str(model_path)]
+        argv += ["--host", "{host}", "--port", "{port}", "--served-model-name", spec.name]
+        for key, name in FLAGS.items():
+            if opts.get(key) is not None:
+                argv += [name, str(opts[key])]
+        sleep = wake = None
+        if opts.get("enable_memory_saver"):
+            argv.append("--enable-memory-saver")
+            sleep, wake = "POST /release_memory_occupation", "POST /resume_memory_occupation"
+        return EngineLaunch(
+            tuple(argv + spec.framework_args),
+            health_path="/health",
+            served_model=spec.name,
+            sleep=sleep,
+            wake=wake,
+        )

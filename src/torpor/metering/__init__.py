@@ -1,0 +1,1 @@
+"""Metering: usage events, worker and storage time, prices, budgets, rollups."""

@@ -1,0 +1,109 @@
+"""Reading usage out of an OpenAI SSE stream while passing it through.
+
+torpor asks the engine for a final usage chunk (`stream_options.include_usage`); when the
+client did not ask for it, that chunk is dropped before it reaches the client. Engines
+that ignore the option get their content chunks counted instead, and a client that asked
+for usage gets a usage chunk made from that count.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+_DONE = b"data: [DONE]"
+
+
+@dataclass
+class StreamUsage:
+    """Feeds on the engine's bytes, yields the bytes for the client, keeps the usage."""
+
+    strip_usage_chunk: bool
+    want_usage_chunk: bool
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    content_chunks: int = 0
+    # The engine sent `data: [DONE]`: the answer is complete even if the client hangs up now.
+    done: bool = False
+    _pending: bytes = b""
+    _last: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def estimated(self) -> bool:
+        return self.completion_tokens is None
+
+    def tokens(self) -> tuple[int, int]:
+        if self.completion_tokens is not None:
+            return self.prompt_tokens or 0, self.completion_tokens
+        return 0, self.content_chunks
+
+    def feed(self, chunk: bytes) -> bytes:
+        """Complete events pass at once; a partial event waits for its end."""
+        data = self._pending + chunk
+        end = data.rfind(b"\n\n")
+        if end < 0:
+            self._pending = data
+            return b""
+        self._pending = data[end + 2 :]
+        out = []
+        for event in data[: end + 2].split(b"\n\n"):
+            if not event:
+                continue
+            kept = self._event(event)
+            if kept is not None:
+                out.append(kept + b"\n\n")
+        return b"".join(out)
+
+    def flush(self) -> bytes:
+        rest, self._pending = self._pending, b""
+        return rest
+
+    def _event(self, event: bytes) -> bytes | None:
+        line = event.strip()
+        if line == _DONE:
+            self.done = True
+            if self.want_usage_chunk and self.completion_tokens is None:
+                return self._synthesized() + b"\n\n" + event
+            return event
+        if not line.startswith(b"data:") or (b'"usage"' not in line and b'"choices"' not in line):
+            return event
+        try:
+            obj = orjson.loads(line[5:])
+        except orjson.JSONDecodeError:
+            return event
+        if not isinstance(obj, dict):
+            return event
+        usage = obj.get("usage")
+        choices = obj.get("choices")
+        if isinstance(usage, dict):
+            self.prompt_tokens = int(usage.get("prompt_tokens") or 0)
+            self.completion_tokens = int(usage.get("completion_tokens") or 0)
+            if self.strip_usage_chunk and not choices:
+                return None
+        if choices:
+            self._last = obj
+            for choice in choices:
+                delta = choice.get("delta") or {}
+                if delta.get("content") or choice.get("text") or delta.get("tool_calls"):
+                    self.content_chunks += 1
+        return event
+
+    def _synthesized(self) -> bytes:
+        prompt, completion = self.tokens()
+        usage = {
+            "prompt_tokens": prompt,
+            "completion_tokens": completion,
+            "total_tokens": prompt + completion,
+        }
+        last = self._last
+        chunk = {
+            "id": last.get("id", "torpor-usage"),
+            "object": last.get("object", "chat.completion.chunk"),
+            "created": last.get("created", 0),
+            "model": last.get("model", ""),
+            "choices": [],
+            "usage": usage,
+        }
+        return b"data: " + orjson.dumps(chunk)
