@@ -323,3 +323,40 @@ def test_async_submit_over_budget_is_refused_at_once(server: TorporServer) -> No
         headers={"Authorization": f"Bearer {key}"},
     )
     assert r.status_code == 429 and r.json()["error"]["type"] == "budget_exceeded"
+
+
+async def test_raw_events_past_retention_are_pruned_and_rollups_kept(tmp_path: Any) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from torpor.metering.budget import Caps
+    from torpor.metering.meter import Meter, RequestUsage
+    from torpor.metering.metrics import Metrics
+    from torpor.metering.pricing import Prices
+    from torpor.metering.queries import Scope, summary
+    from torpor.store import open_store
+
+    store = await open_store(f"sqlite+aiosqlite:///{tmp_path / 'm.db'}")
+    now = datetime.now(UTC)
+    meter = Meter(
+        store,
+        prices_for=lambda _: Prices(1.0, 1.0, 0.0, 0.0),
+        caps_for_deployment=lambda _: Caps(),
+        storage_dirs=dict,
+        metrics=Metrics(),
+        flush_interval_s=0.5,
+        storage_interval_s=60,
+        raw_retention_days=1,
+        clock=lambda: now,
+    )
+    for age_h in (1, 30, 50):
+        meter.record(RequestUsage(
+            at=now - timedelta(hours=age_h), deployment="d", key_id="k", session_id=None,
+            route="/v1/chat/completions", status=200, prompt_tokens=1, completion_tokens=2,
+            estimated=False, ttft_ms=5.0, latency_ms=10.0, queue_ms=0.0, cold_start=False,
+            stream=False,
+        ))  # fmt: skip
+    await meter.flush()
+    assert await meter.prune() == 2  # the two older than one day
+    week = await summary(store.engine, Scope(), timedelta(days=7), now)
+    assert week["requests"] == 3  # the hourly rollups still hold them
+    await store.close()

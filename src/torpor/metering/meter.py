@@ -39,6 +39,10 @@ from torpor.store import Store
 log = logging.getLogger(__name__)
 
 
+# Raw events past retention are deleted this often (rollups are kept).
+PRUNE_EVERY = timedelta(hours=1)
+
+
 class BudgetExceeded(TorporError):
     status = 429
     type = "budget_exceeded"
@@ -152,6 +156,7 @@ class Meter:
         self.total_requests: dict[str, int] = defaultdict(int)
         self.last_startup_s: dict[str, float] = {}
         self._storage_sampled_at: datetime | None = None
+        self._pruned_at: datetime | None = None
         self._task: asyncio.Task[None] | None = None
         self._flush_lock = asyncio.Lock()
 
@@ -220,6 +225,11 @@ class Meter:
                     or (now - self._storage_sampled_at).total_seconds() >= self.storage_interval_s
                 ):
                     await self.sample_storage()
+                if self._pruned_at is None or now - self._pruned_at >= PRUNE_EVERY:
+                    self._pruned_at = now
+                    deleted = await self.prune()
+                    if deleted:
+                        log.info("deleted %d raw usage events past retention", deleted)
             except Exception:
                 log.exception("metering flush failed; will retry")
 
