@@ -89,7 +89,7 @@ def test_several_errors_are_joined() -> None:
 
 
 def test_unknown_framework_is_refused() -> None:
-    message = error_of(llama(framework="vllm"))
+    message = error_of(llama(framework="tgi"))
     assert message.startswith("framework: ")
     assert "llama.cpp" in message and "custom" in message
 
@@ -131,9 +131,9 @@ def test_custom_fixed_port_only_with_one_worker() -> None:
 
 
 def test_custom_unknown_option_is_refused() -> None:
-    message = error_of(custom({"command": "serve {port}", "image": "x"}))
+    message = error_of(custom({"command": "serve {port}", "volume": "x"}))
     assert message.startswith("options: ")
-    assert "'image'" in message
+    assert "'volume'" in message
 
 
 def test_custom_model_placeholder_needs_model() -> None:

@@ -23,7 +23,7 @@ from torpor.admission import Admission, DeploymentGate, Route
 from torpor.autoscaler import ScalingView, WorkerView, plan_scaling, restart_backoff
 from torpor.engines import engine_for
 from torpor.errors import Conflict, DeploymentUnavailable, NoCapacity, NotFound, UpstreamError
-from torpor.gpus import GpuPool
+from torpor.gpus import VISIBLE_DEVICES_ENV, GpuPool
 from torpor.logs import tail_lines
 from torpor.models import ModelError
 from torpor.modelstore import DownloadProgress, ModelStore
@@ -473,7 +473,7 @@ class Controller:
                     log_path=w.log_path,
                     cwd=self._dir(spec.name),
                     fixed_port=launch.fixed_port,
-                    device_env=self.gpus.env_for(gpu_ids, spec.accelerator),
+                    device_env=self._device_env(gpu_ids, spec.accelerator),
                 )
             )
         except OSError as exc:
@@ -547,6 +547,12 @@ class Controller:
                 await self.runtime.stop(handle, self.settings.worker_stop_grace_s)
         finally:
             self.gpus.release(w.id)
+
+    def _device_env(self, gpu_ids: list[int], kind: str) -> dict[str, str]:
+        if gpu_ids:
+            return self.gpus.env_for(gpu_ids, kind)
+        # A CPU worker must not see (and grab) the host's accelerators.
+        return {var: "" for var in VISIBLE_DEVICES_ENV.values()}
 
     def _publish_routes(self, dep: Deployment) -> None:
         routes = [
