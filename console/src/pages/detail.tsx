@@ -1,0 +1,581 @@
+import { useEffect, useRef, useState } from "preact/hooks";
+import { api, authHeaders, optional, type Deployment, type Me } from "../api";
+import { Badge, Empty, ErrorBox, hourLabel, LineChart, Modal, Stat, usePoll } from "../components";
+import { catalogInfo, deriveLifecycle, fmtAge, fmtMs, fmtNum, fmtTime, LIFECYCLE_LABEL, maskValue, STATUS_LABEL, workersFailingFirst } from "../util";
+import { ConnectModal, logsHref } from "./deployments";
+import { envText, frameworkById, FRAMEWORKS, parseArgs, parseEnv } from "./frameworks";
+
+const TABS: [string, string, boolean][] = [
+  ["overview", "Overview", false],
+  ["workers", "Workers", false],
+  ["metrics", "Metrics", false],
+  ["logs", "Logs", true],
+  ["async", "Async queue", false],
+  ["settings", "Settings", true],
+];
+
+export function DeploymentDetail({ name, tab, me }: { name: string; tab: string; me: Me }) {
+  const [dep, error, reload] = usePoll(() => api<Deployment>(`/api/deployments/${encodeURIComponent(name)}`), 2000, [name]);
+  const [connect, setConnect] = useState(false);
+  const worker = new URLSearchParams(location.hash.split("?")[1] ?? "").get("worker");
+  const tabs = TABS.filter(([, , admin]) => !admin || me.admin);
+  const current = tabs.some(([id]) => id === tab) ? tab : "overview";
+  return (
+    <section>
+      <div class="page-head">
+        <div>
+          <a class="muted small" href="#/deployments">
+            ← Deployments
+          </a>
+          <h1>{name}</h1>
+          {dep && <p class="muted">{dep.description || `${dep.framework} · ${dep.model || "custom server"}`}</p>}
+        </div>
+        <div class="row">
+          {dep && <Badge value={dep.status} label={STATUS_LABEL[dep.status] ?? dep.status} testid="status" />}
+          {dep && (
+            <button type="button" class="btn" onClick={() => setConnect(true)}>
+              Connect
+            </button>
+          )}
+        </div>
+      </div>
+      <ErrorBox error={error} />
+      <div class="tabs" role="tablist">
+        {tabs.map(([id, label]) => (
+          <a role="tab" aria-selected={current === id} class={`tab ${current === id ? "on" : ""}`} href={`#/deployments/${encodeURIComponent(name)}/${id}`}>
+            {label}
+          </a>
+        ))}
+      </div>
+      {dep && current === "overview" && <Overview dep={dep} />}
+      {dep && current === "workers" && <Workers dep={dep} admin={me.admin} />}
+      {current === "metrics" && <Metrics name={name} />}
+      {current === "logs" && <Logs name={name} worker={worker} workers={dep?.workers.map((w) => w.id) ?? []} />}
+      {current === "async" && <AsyncQueue name={name} />}
+      {dep && current === "settings" && <Settings key={dep.name} dep={dep} onSaved={reload} />}
+      {connect && dep && <ConnectModal dep={dep} onClose={() => setConnect(false)} />}
+    </section>
+  );
+}
+
+function Overview({ dep }: { dep: Deployment }) {
+  const [events] = usePoll(() => api<{ data: { at: string; kind: string; state: string; message: string }[] }>(`/api/deployments/${encodeURIComponent(dep.name)}/events`), 5000, [dep.name]);
+  const info = catalogInfo(dep);
+  const life = deriveLifecycle(dep);
+  const command = dep.command ?? dep.options?.command;
+  const storage = dep.storage ?? null;
+  return (
+    <div class="overview">
+      <div class="two">
+        <div class="panel">
+          <h3>Status</h3>
+          <div class="kv">
+            <span>Serving</span>
+            <span>
+              <Badge value={dep.status} label={STATUS_LABEL[dep.status] ?? dep.status} />
+            </span>
+            <span>Lifecycle</span>
+            <span>
+              <Badge value={life} label={LIFECYCLE_LABEL[life]} />
+            </span>
+            <span>Setup</span>
+            <span>{dep.state}</span>
+            <span>Reason</span>
+            <span>{dep.reason ?? "–"}</span>
+            <span>Workers</span>
+            <span>
+              {dep.ready_workers} ready of {dep.desired_workers} desired
+            </span>
+            <span>Queue</span>
+            <span>
+              {dep.queue.inflight} in flight, {dep.queue.waiting} waiting
+            </span>
+            <span>Endpoint</span>
+            <span class="mono">
+              {location.origin}
+              {dep.endpoint}
+            </span>
+          </div>
+        </div>
+        <div class="panel">
+          <h3>Resources</h3>
+          <div class="kv">
+            <span>Type</span>
+            <span>{info.type}</span>
+            <span>GPUs per worker</span>
+            <span>{dep.gpus || "none (CPU)"}</span>
+            <span>Workers</span>
+            <span>
+              {dep.min_workers}–{dep.max_workers}
+            </span>
+            <span>Concurrency</span>
+            <span>{dep.concurrency}</span>
+            <span>Idle timeout</span>
+            <span>{dep.idle_timeout_s} s</span>
+            <span>Wait time</span>
+            <span>{dep.wait_time_s} s</span>
+            <span>Max queue</span>
+            <span>{dep.max_queue}</span>
+          </div>
+        </div>
+      </div>
+      <div class="two">
+        <div class="panel">
+          <h3>Command and arguments</h3>
+          <div class="kv">
+            <span>Framework</span>
+            <span>{dep.framework}</span>
+            <span>Model</span>
+            <span class="mono">{dep.model || "–"}</span>
+            {command && (
+              <>
+                <span>Command</span>
+                <span class="mono">{Array.isArray(command) ? command.join(" ") : String(command)}</span>
+              </>
+            )}
+            <span>Arguments</span>
+            <span class="mono">{dep.framework_args.length ? dep.framework_args.join(" ") : "–"}</span>
+            {Object.entries(dep.options ?? {})
+              .filter(([k]) => k !== "command")
+              .map(([k, v]) => (
+                <>
+                  <span>{k}</span>
+                  <span class="mono">{typeof v === "string" ? v : JSON.stringify(v)}</span>
+                </>
+              ))}
+          </div>
+        </div>
+        <div class="panel">
+          <h3>Environment</h3>
+          {Object.keys(dep.env).length === 0 ? (
+            <div class="muted">No variables.</div>
+          ) : (
+            <div class="kv" data-testid="env">
+              {Object.entries(dep.env).map(([k, v]) => (
+                <>
+                  <span class="mono">{k}</span>
+                  <span class="mono">{maskValue(k, v)}</span>
+                </>
+              ))}
+            </div>
+          )}
+          <h3>Storage</h3>
+          <div class="kv">
+            <span>Model files</span>
+            <span class="mono">{dep.model_path ?? "–"}</span>
+            {storage &&
+              Object.entries(storage).map(([k, v]) => (
+                <>
+                  <span>{k}</span>
+                  <span class="mono">{String(v)}</span>
+                </>
+              ))}
+          </div>
+        </div>
+      </div>
+      <div class="panel">
+        <h3>Events</h3>
+        {(events?.data ?? []).length === 0 ? (
+          <div class="muted">No events.</div>
+        ) : (
+          <ul class="events">
+            {[...(events?.data ?? [])].reverse().slice(0, 50).map((e) => (
+              <li>
+                <span class="muted small">{fmtTime(e.at)}</span> <Badge value={e.state} /> {e.message}
+              </li>
+            ))}
+          </ul>
+        )}
+      </div>
+    </div>
+  );
+}
+
+function Workers({ dep, admin }: { dep: Deployment; admin: boolean }) {
+  const workers = workersFailingFirst(dep.workers);
+  if (workers.length === 0) return <Empty>No workers: the deployment is scaled to zero.</Empty>;
+  return (
+    <div class="panel">
+      <div class="table-wrap">
+        <table class="table" data-testid="workers">
+          <thead>
+            <tr>
+              <th>Worker</th>
+              <th>Status</th>
+              <th class="hide-sm">Node / host</th>
+              <th class="hide-sm">Restarts</th>
+              <th class="hide-sm">Age</th>
+              <th>Reason</th>
+              {admin && <th />}
+            </tr>
+          </thead>
+          <tbody>
+            {workers.map((w) => (
+              <tr class={`worker ${w.state}`} data-worker={w.id} data-state={w.state}>
+                <td class="mono small">{w.id}</td>
+                <td>
+                  <Badge value={w.state} />
+                </td>
+                <td class="hide-sm mono small">
+                  {w.node ?? w.host ?? "local"}
+                  {w.port ? `:${w.port}` : ""}
+                  {w.pid ? ` (pid ${w.pid})` : ""}
+                </td>
+                <td class="hide-sm">{w.restarts}</td>
+                <td class="hide-sm">{fmtAge(w.started_at)}</td>
+                <td class="reason" data-testid="reason">
+                  {w.reason ?? (w.exit_code !== null ? `exit code ${w.exit_code}` : "–")}
+                </td>
+                {admin && (
+                  <td>
+                    <a href={logsHref(dep.name, w.id)}>Logs</a>
+                  </td>
+                )}
+              </tr>
+            ))}
+          </tbody>
+        </table>
+      </div>
+    </div>
+  );
+}
+
+interface Metrics {
+  window: string;
+  total_requests: number;
+  latency_ms: { p50: number | null; p95: number | null; p99: number | null };
+  ttft_ms?: { p50: number | null; p95: number | null; p99: number | null };
+  rps: { start: string; value: number }[];
+  latency: { start: string; p50: number | null; p95: number | null }[];
+}
+
+function Metrics({ name }: { name: string }) {
+  const [win, setWin] = useState("1h");
+  const [m] = usePoll(() => optional<Metrics>(`/api/deployments/${encodeURIComponent(name)}/metrics?window=${win}`), 10000, [name, win]);
+  return (
+    <div>
+      <div class="toolbar">
+        <div class="chips" role="group" aria-label="Window">
+          {["1h", "6h", "24h"].map((w) => (
+            <button type="button" class={`chip ${win === w ? "on" : ""}`} onClick={() => setWin(w)}>
+              {w}
+            </button>
+          ))}
+        </div>
+      </div>
+      {m ? (
+        <>
+          <div class="panel stats">
+            <Stat label="Total requests" value={fmtNum(m.total_requests)} raw={m.total_requests} testid="metric-total" />
+            <Stat label="P50 latency" value={fmtMs(m.latency_ms?.p50)} raw={m.latency_ms?.p50} />
+            <Stat label="P95 latency" value={fmtMs(m.latency_ms?.p95)} raw={m.latency_ms?.p95} />
+            <Stat label="P99 latency" value={fmtMs(m.latency_ms?.p99)} raw={m.latency_ms?.p99} />
+          </div>
+          <div class="charts">
+            <LineChart title="Requests per second" labels={(m.rps ?? []).map((p) => hourLabel(p.start))} series={[{ label: "req/s", data: (m.rps ?? []).map((p) => p.value) }]} />
+            <LineChart
+              title="Latency (ms)"
+              labels={(m.latency ?? []).map((p) => hourLabel(p.start))}
+              series={[
+                { label: "P50", data: (m.latency ?? []).map((p) => p.p50) },
+                { label: "P95", data: (m.latency ?? []).map((p) => p.p95) },
+              ]}
+            />
+          </div>
+        </>
+      ) : (
+        <Empty>No data yet.</Empty>
+      )}
+    </div>
+  );
+}
+
+function Logs({ name, worker, workers }: { name: string; worker: string | null; workers: string[] }) {
+  const [text, setText] = useState("");
+  const [error, setError] = useState<string | null>(null);
+  const [live, setLive] = useState(true);
+  const box = useRef<HTMLPreElement>(null);
+  useEffect(() => {
+    if (!live) return;
+    const ctrl = new AbortController();
+    setText("");
+    setError(null);
+    const q = new URLSearchParams({ follow: "1", tail: "300" });
+    if (worker) q.set("worker", worker);
+    (async () => {
+      try {
+        const res = await fetch(`/api/deployments/${encodeURIComponent(name)}/logs?${q}`, { headers: authHeaders(), signal: ctrl.signal });
+        if (!res.ok || !res.body) {
+          const body = await res.json().catch(() => null);
+          throw new Error(body?.error?.message ?? `HTTP ${res.status}`);
+        }
+        const reader = res.body.getReader();
+        const dec = new TextDecoder();
+        for (;;) {
+          const { value, done } = await reader.read();
+          if (done) break;
+          const chunk = dec.decode(value, { stream: true });
+          setText((t) => (t + chunk).slice(-200_000));
+        }
+      } catch (e) {
+        if ((e as Error).name !== "AbortError") setError((e as Error).message);
+      }
+    })();
+    return () => ctrl.abort();
+  }, [name, worker, live]);
+  useEffect(() => {
+    if (box.current) box.current.scrollTop = box.current.scrollHeight;
+  }, [text]);
+  return (
+    <div class="panel">
+      <div class="toolbar">
+        <select
+          aria-label="Worker"
+          value={worker ?? ""}
+          onChange={(e) => {
+            const w = (e.target as HTMLSelectElement).value;
+            location.hash = logsHref(name, w || undefined);
+          }}
+        >
+          <option value="">All workers</option>
+          {workers.map((w) => (
+            <option value={w}>{w}</option>
+          ))}
+        </select>
+        <label class="inline">
+          <input type="checkbox" checked={live} onChange={(e) => setLive((e.target as HTMLInputElement).checked)} /> Live tail
+        </label>
+      </div>
+      <ErrorBox error={error} />
+      <pre class="logs" ref={box} data-testid="logs">
+        {text || "Waiting for log lines…"}
+      </pre>
+    </div>
+  );
+}
+
+interface AsyncTask {
+  id: string;
+  status: string;
+  created_at: string | null;
+  started_at: string | null;
+  finished_at: string | null;
+  request: unknown;
+  response: unknown;
+  error: string | null;
+}
+
+function AsyncQueue({ name }: { name: string }) {
+  const [status, setStatus] = useState("");
+  const [sel, setSel] = useState<AsyncTask | null>(null);
+  const [q] = usePoll(
+    () => optional<{ data: AsyncTask[]; queue_depth: number; processing: number }>(`/api/deployments/${encodeURIComponent(name)}/async${status ? `?status=${status}` : ""}`),
+    5000,
+    [name, status],
+  );
+  return (
+    <div>
+      <div class="toolbar">
+        <select aria-label="Status filter" value={status} onChange={(e) => setStatus((e.target as HTMLSelectElement).value)}>
+          <option value="">All statuses</option>
+          {["queued", "in_progress", "completed", "failed", "cancelled"].map((s) => (
+            <option value={s}>{s}</option>
+          ))}
+        </select>
+      </div>
+      {q ? (
+        <>
+          <div class="panel stats">
+            <Stat label="Queue depth" value={fmtNum(q.queue_depth)} raw={q.queue_depth} />
+            <Stat label="Processing" value={fmtNum(q.processing)} raw={q.processing} />
+          </div>
+          <div class="panel">
+            {q.data.length === 0 ? (
+              <Empty>No tasks.</Empty>
+            ) : (
+              <div class="table-wrap">
+                <table class="table">
+                  <thead>
+                    <tr>
+                      <th>Task</th>
+                      <th>Status</th>
+                      <th>Created</th>
+                      <th class="hide-sm">Finished</th>
+                    </tr>
+                  </thead>
+                  <tbody>
+                    {q.data.map((t) => (
+                      <tr class="clickable" onClick={() => setSel(t)}>
+                        <td class="mono small">{t.id}</td>
+                        <td>
+                          <Badge value={t.status} />
+                        </td>
+                        <td>{fmtTime(t.created_at)}</td>
+                        <td class="hide-sm">{fmtTime(t.finished_at)}</td>
+                      </tr>
+                    ))}
+                  </tbody>
+                </table>
+              </div>
+            )}
+          </div>
+        </>
+      ) : (
+        <Empty>No data yet.</Empty>
+      )}
+      {sel && (
+        <Modal title={`Task ${sel.id}`} onClose={() => setSel(null)}>
+          <h4>Request</h4>
+          <pre class="code">{JSON.stringify(sel.request, null, 2)}</pre>
+          <h4>Response</h4>
+          <pre class="code">{sel.error ? sel.error : JSON.stringify(sel.response, null, 2)}</pre>
+        </Modal>
+      )}
+    </div>
+  );
+}
+
+const ROLLING = ["model", "framework", "framework_args", "env", "gpus", "options"];
+
+function Settings({ dep, onSaved }: { dep: Deployment; onSaved: () => void }) {
+  const initial = () => ({
+    description: dep.description,
+    framework: dep.framework,
+    model: dep.model,
+    options: JSON.stringify(dep.options ?? {}, null, 2),
+    min_workers: dep.min_workers,
+    max_workers: dep.max_workers,
+    concurrency: dep.concurrency,
+    idle_timeout_s: dep.idle_timeout_s,
+    wait_time_s: dep.wait_time_s,
+    max_queue: dep.max_queue,
+    gpus: dep.gpus,
+    env: envText(dep.env),
+    framework_args: dep.framework_args.join(" "),
+  });
+  const [form, setForm] = useState(initial);
+  const [confirm, setConfirm] = useState<Record<string, unknown> | null>(null);
+  const [error, setError] = useState<string | null>(null);
+  const [saved, setSaved] = useState(false);
+
+  const change = (): Record<string, unknown> | string => {
+    let options: unknown;
+    try {
+      options = JSON.parse(form.options || "{}");
+    } catch {
+      return "Options must be valid JSON";
+    }
+    const next: Record<string, unknown> = {
+      description: form.description,
+      framework: form.framework,
+      model: form.model,
+      options,
+      min_workers: Number(form.min_workers),
+      max_workers: Number(form.max_workers),
+      concurrency: Number(form.concurrency),
+      idle_timeout_s: Number(form.idle_timeout_s),
+      wait_time_s: Number(form.wait_time_s),
+      max_queue: Number(form.max_queue),
+      gpus: Number(form.gpus),
+      env: parseEnv(form.env),
+      framework_args: parseArgs(form.framework_args),
+    };
+    const patch: Record<string, unknown> = {};
+    for (const [k, v] of Object.entries(next)) if (JSON.stringify(v) !== JSON.stringify(dep[k])) patch[k] = v;
+    return patch;
+  };
+
+  const apply = async (patch: Record<string, unknown>) => {
+    setConfirm(null);
+    setError(null);
+    try {
+      await api(`/api/deployments/${encodeURIComponent(dep.name)}`, { method: "PATCH", json: patch });
+      setSaved(true);
+      window.setTimeout(() => setSaved(false), 2500);
+      onSaved();
+    } catch (e) {
+      setError((e as Error).message);
+    }
+  };
+
+  const save = (e: Event) => {
+    e.preventDefault();
+    const patch = change();
+    if (typeof patch === "string") return setError(patch);
+    if (Object.keys(patch).length === 0) return setError("Nothing changed.");
+    if (Object.keys(patch).some((k) => ROLLING.includes(k))) setConfirm(patch);
+    else apply(patch);
+  };
+
+  const field = (key: keyof ReturnType<typeof initial>, label: string, numeric = false) => (
+    <label>
+      {label}
+      <input name={key} type="text" inputMode={numeric ? "decimal" : "text"} value={String(form[key])} onInput={(e) => setForm({ ...form, [key]: (e.target as HTMLInputElement).value })} />
+    </label>
+  );
+  const fw = frameworkById(form.framework);
+  return (
+    <form class="panel form" onSubmit={save}>
+      <label>
+        Description
+        <textarea name="description" rows={2} value={form.description} onInput={(e) => setForm({ ...form, description: (e.target as HTMLTextAreaElement).value })} />
+      </label>
+      <div class="form-sub">Scaling (applies at once)</div>
+      <div class="grid-form">
+        {field("min_workers", "Min workers", true)}
+        {field("max_workers", "Max workers", true)}
+        {field("concurrency", "Concurrency", true)}
+        {field("idle_timeout_s", "Idle timeout (s)", true)}
+        {field("wait_time_s", "Wait time (s)", true)}
+        {field("max_queue", "Max queue", true)}
+      </div>
+      <div class="form-sub">Engine (a change restarts the workers)</div>
+      <label>
+        Framework
+        <select name="framework" value={form.framework} onChange={(e) => setForm({ ...form, framework: (e.target as HTMLSelectElement).value })}>
+          {FRAMEWORKS.map((f) => (
+            <option value={f.id}>{f.label}</option>
+          ))}
+          {!FRAMEWORKS.some((f) => f.id === form.framework) && <option value={form.framework}>{form.framework}</option>}
+        </select>
+      </label>
+      {field("model", fw.modelLabel)}
+      {field("gpus", "GPUs per worker", true)}
+      <label>
+        Options (JSON)
+        <textarea name="options" class="mono" rows={4} value={form.options} onInput={(e) => setForm({ ...form, options: (e.target as HTMLTextAreaElement).value })} />
+      </label>
+      <label>
+        Environment (KEY=value, one a line)
+        <textarea name="env" class="mono" rows={3} value={form.env} onInput={(e) => setForm({ ...form, env: (e.target as HTMLTextAreaElement).value })} />
+      </label>
+      {field("framework_args", "Extra engine arguments")}
+      <ErrorBox error={error} />
+      <div class="wizard-nav">
+        <button type="button" class="btn ghost" onClick={() => setForm(initial())}>
+          Reset
+        </button>
+        <button type="submit" class="btn primary">
+          Save changes
+        </button>
+        {saved && <span class="ok-text">Saved.</span>}
+      </div>
+      {confirm && (
+        <Modal title="Restart workers?" onClose={() => setConfirm(null)}>
+          <p>
+            Changing <strong>{Object.keys(confirm).filter((k) => ROLLING.includes(k)).join(", ")}</strong> rolls the workers over: new workers start with the new settings and the old ones
+            drain once those are ready.
+          </p>
+          <div class="wizard-nav">
+            <button type="button" class="btn ghost" onClick={() => setConfirm(null)}>
+              Cancel
+            </button>
+            <button type="button" class="btn danger" onClick={() => apply(confirm)}>
+              Restart workers and save
+            </button>
+          </div>
+        </Modal>
+      )}
+    </form>
+  );
+}
