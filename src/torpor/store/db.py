@@ -42,7 +42,7 @@ def _run_migrations(conn: Connection) -> None:
     cfg = Config()
     cfg.set_main_option("script_location", str(_MIGRATIONS))
     cfg.attributes["connection"] = conn
-    command.upgrade(cfg, "heads")
+    command.upgrade(cfg, "head")
 
 
 class Store:
