@@ -156,3 +156,35 @@ def test_missing_model_path_fails_with_reason(server: TorporServer) -> None:
     server.wait_for("nomodel", lambda d: d["state"] == "running")
     r = server.openai().chat.completions.create(model="nomodel", messages=MESSAGES, max_tokens=4)  # type: ignore[arg-type]
     assert r.choices[0].message.content is not None
+
+
+def test_concurrent_streams_on_one_worker_all_finish(server: TorporServer) -> None:
+    # Four slots on one llama-cpp-python worker: the engine runs them one by one, and none
+    # may cut off another's stream.
+    server.deploy(llama_spec("streams", min_workers=1, max_workers=1, concurrency=4))
+    server.wait_for("streams", lambda d: d["status"] == "ready", timeout=30)
+    client = server.openai(timeout=120)
+
+    def stream(i: int) -> tuple[str, str | None]:
+        chunks = list(
+            client.chat.completions.create(
+                model="streams",
+                messages=[{"role": "user", "content": f"Name {i + 2} colours."}],
+                max_tokens=12,
+                stream=True,
+            )
+        )
+        text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        finish = next(
+            (
+                c.choices[0].finish_reason
+                for c in chunks
+                if c.choices and c.choices[0].finish_reason
+            ),
+            None,
+        )
+        return text, finish
+
+    with ThreadPoolExecutor(6) as pool:
+        results = list(pool.map(stream, range(6)))
+    assert all(text and finish in ("stop", "length") for text, finish in results), results

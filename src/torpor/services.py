@@ -42,7 +42,9 @@ def default_deployment() -> DeploymentSpec:
         model=BUNDLED_MODEL,
         min_workers=0,
         max_workers=1,
-        concurrency=4,
+        # llama-cpp-python's server answers one request at a time: requests wait in
+        # torpor's queue, where the autoscaler sees them.
+        concurrency=1,
         idle_timeout_s=300,
     )
 

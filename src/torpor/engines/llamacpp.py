@@ -37,6 +37,9 @@ class LlamaCppEngine:
             )
         argv = [sys.executable, "-m", "llama_cpp.server", "--model", str(model_path)]
         argv += ["--host", "{host}", "--port", "{port}", "--model_alias", spec.name]
+        # This server runs one request at a time, and by default a new request cuts off a
+        # stream in flight; queued requests must wait their turn instead.
+        argv += ["--interrupt_requests", "False"]
         if spec.gpus:
             argv += ["--n_gpu_layers", "-1"]
         return EngineLaunch(
