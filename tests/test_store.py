@@ -211,9 +211,9 @@ async def test_recent_workers_newest_first(store: Store) -> None:
 
 async def test_events_order(store: Store) -> None:
     for i, state in enumerate(["starting", "filesystem_created", "running"]):
-        await store.add_event("d", "setup", state, f"m{i}", T0 + timedelta(seconds=i))
-    await store.add_event("other", "setup", "running", "", T0)
-    await store.add_event("d", "worker", "healthy", "d-1 ready", T0 + timedelta(seconds=9))
+        await add_event(store, "d", "setup", state, f"m{i}", T0 + timedelta(seconds=i))
+    await add_event(store, "other", "setup", "running", "", T0)
+    await add_event(store, "d", "worker", "healthy", "d-1 ready", T0 + timedelta(seconds=9))
 
     events = await store.list_events("d")
     assert [(e.kind, e.state, e.message) for e in events] == [
@@ -262,7 +262,7 @@ async def test_delete_deployment_cascades(store: Store) -> None:
         await store.save_workers(
             [worker_row(f"{name}-1", name, "healthy"), worker_row(f"{name}-2", name, "stopped")]
         )
-        await store.add_event(name, "setup", "running", "", T0)
+        await add_event(store, name, "setup", "running", "", T0)
 
     await store.delete_deployment("gone")
 
@@ -286,3 +286,11 @@ def _script_head() -> str:
     heads = ScriptDirectory.from_config(cfg).get_heads()
     assert len(heads) == 1, f"migrations must form one chain, found heads {heads}"
     return str(heads[0])
+
+
+async def add_event(
+    store: Store, deployment: str, kind: str, state: str, message: str, at: datetime
+) -> None:
+    await store.add_events(
+        [{"deployment": deployment, "kind": kind, "state": state, "message": message, "at": at}]
+    )

@@ -139,6 +139,7 @@ class Controller:
         self._wake = asyncio.Event()
         self._loop_task: asyncio.Task[None] | None = None
         self._stopping: set[asyncio.Task[None]] = set()
+        self._pending_events: list[dict[str, Any]] = []
         self._closed = False
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -225,7 +226,7 @@ class Controller:
                 # A new model goes through the setup pipeline again; the old workers keep
                 # serving until new ones are ready.
                 self._begin_setup(dep)
-            await self._event(dep, "spec", f"v{dep.spec_version}", "spec changed: rolling workers")
+            self._event(dep, "spec", f"v{dep.spec_version}", "spec changed: rolling workers")
         self._publish_routes(dep)
         await self._save_deployment(dep)
         self.wake()
@@ -289,7 +290,7 @@ class Controller:
             dep.model_path, dep.model_size_bytes = fetched.path, fetched.size_bytes
             if fetched.downloaded:
                 what = f"{fetched.source.kind.value} {fetched.source.ref}"
-                await self._event(dep, "model", "stored", f"{what}: {fetched.size_bytes} bytes")
+                self._event(dep, "model", "stored", f"{what}: {fetched.size_bytes} bytes")
             await self._set_state(dep, SetupState.MODEL_DOWNLOADED)
             await self._set_state(dep, SetupState.RUNNING)
             dep.gate.blocked = None
@@ -318,7 +319,8 @@ class Controller:
         dep.state = check_setup(dep.state, state) if dep.state is not state else state
         dep.reason = reason
         dep.updated_at = utcnow()
-        await self._event(dep, "setup", state.value, reason or "")
+        self._event(dep, "setup", state.value, reason or "")
+        await self._flush_events()  # setup steps are visible in /events at once
         await self._save_deployment(dep)
 
     # -- the loop -------------------------------------------------------------------------
@@ -485,9 +487,7 @@ class Controller:
             held = self.gpus.devices_of(worker_id)
             kind = held[0].model if held else "cpu"
             self.meter.worker_started(worker_id, spec.name, kind, len(gpu_ids), w.started_at)
-        await self._event(
-            dep, "worker", "provisioning", f"{worker_id} started (pid {w.handle.pid})"
-        )
+        self._event(dep, "worker", "provisioning", f"{worker_id} started (pid {w.handle.pid})")
         self._trim(dep)
         return True
 
@@ -498,7 +498,7 @@ class Controller:
             self.meter.worker_ready(w.id, w.ready_at)
         dep.failures, dep.start_not_before = 0, 0.0
         self._publish_routes(dep)
-        self._spawn(self._event(dep, "worker", "healthy", f"{w.id} ready"))
+        self._event(dep, "worker", "healthy", f"{w.id} ready")
 
     def _worker_failed(self, dep: Deployment, w: Worker, code: int | None, now: float) -> None:
         was = "before it was ready" if w.state is WorkerState.PROVISIONING else "unexpectedly"
@@ -521,7 +521,7 @@ class Controller:
         }
         if self._crash_looping(dep) and not dep.gate.routes:
             dep.gate.fail_waiters(self._crash_error(dep))
-        self._spawn(self._event(dep, "worker", "failed", f"{w.id}: {w.reason}"))
+        self._event(dep, "worker", "failed", f"{w.id}: {w.reason}")
 
     def _stop_worker(
         self, dep: Deployment, w: Worker, state: WorkerState, reason: str
@@ -538,7 +538,7 @@ class Controller:
         self._stopping.add(task)
         task.add_done_callback(self._stopping.discard)
         if state is WorkerState.STOPPED:
-            self._spawn(self._event(dep, "worker", "stopped", f"{w.id}: {reason}"))
+            self._event(dep, "worker", "stopped", f"{w.id}: {reason}")
         return task
 
     async def _terminate(self, w: Worker, handle: WorkerHandle | None) -> None:
@@ -596,16 +596,25 @@ class Controller:
         for w in sorted(ended, key=lambda w: w.started_mono)[:-KEEP_TERMINATED]:
             del dep.workers[w.id]
 
-    def _spawn(self, coro: Any) -> None:
-        task: asyncio.Task[None] = asyncio.create_task(coro)
-        self._stopping.add(task)
-        task.add_done_callback(self._stopping.discard)
+    def _event(self, dep: Deployment, kind: str, state: str, message: str) -> None:
+        """Queued, and written with the cycle's worker rows in one transaction."""
+        self._pending_events.append(
+            {
+                "deployment": dep.name,
+                "at": utcnow(),
+                "kind": kind,
+                "state": state,
+                "message": message,
+            }
+        )
 
-    async def _event(self, dep: Deployment, kind: str, state: str, message: str) -> None:
-        try:
-            await self.store.add_event(dep.name, kind, state, message, utcnow())
-        except Exception:
-            log.exception("cannot record event for %s", dep.name)
+    async def _flush_events(self) -> None:
+        events, self._pending_events = self._pending_events, []
+        if events:
+            try:
+                await self.store.add_events(events)
+            except Exception:
+                log.exception("cannot record %d deployment events", len(events))
 
     async def _save_deployment(self, dep: Deployment) -> None:
         await self.store.save_deployment(
@@ -628,13 +637,15 @@ class Controller:
                 if w.dirty:
                     w.dirty = False
                     rows.append(_worker_row(w))
+        await self._flush_events()
         try:
             await self.store.save_workers(rows)
         except Exception:
             log.exception("cannot persist worker state")
+            unsaved = {r.id for r in rows}
             for dep in self.deployments.values():
                 for w in dep.workers.values():
-                    if any(r.id == w.id for r in rows):
+                    if w.id in unsaved:
                         w.dirty = True
 
 

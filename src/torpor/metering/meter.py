@@ -19,7 +19,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, insert, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -337,7 +337,8 @@ class Meter:
             try:
                 async with AsyncSession(self.store.engine) as s, s.begin():
                     if events:
-                        s.add_all(_event_row(e) for e in events)
+                        # One executemany of plain rows: no ORM object per request.
+                        await s.execute(insert(UsageEventRow), [_event_values(e) for e in events])
                         await _add_rollups(s, events)
                     for ws in sessions:
                         await s.merge(_session_row(ws))
@@ -403,24 +404,24 @@ def _plus(a: Spent | None, b: Spent | None) -> Spent:
     return Spent(a.usd + b.usd, a.tokens + b.tokens)
 
 
-def _event_row(e: RequestUsage) -> UsageEventRow:
-    return UsageEventRow(
-        at=e.at,
-        deployment=e.deployment,
-        key_id=e.key_id,
-        session_id=e.session_id,
-        route=e.route,
-        status=e.status,
-        prompt_tokens=e.prompt_tokens,
-        completion_tokens=e.completion_tokens,
-        estimated=e.estimated,
-        ttft_ms=e.ttft_ms,
-        latency_ms=e.latency_ms,
-        queue_ms=e.queue_ms,
-        cold_start=e.cold_start,
-        stream=e.stream,
-        cost=e.cost,
-    )
+def _event_values(e: RequestUsage) -> dict[str, Any]:
+    return {
+        "at": e.at,
+        "deployment": e.deployment,
+        "key_id": e.key_id,
+        "session_id": e.session_id,
+        "route": e.route,
+        "status": e.status,
+        "prompt_tokens": e.prompt_tokens,
+        "completion_tokens": e.completion_tokens,
+        "estimated": e.estimated,
+        "ttft_ms": e.ttft_ms,
+        "latency_ms": e.latency_ms,
+        "queue_ms": e.queue_ms,
+        "cold_start": e.cold_start,
+        "stream": e.stream,
+        "cost": e.cost,
+    }
 
 
 def _session_row(ws: WorkerSession) -> WorkerSessionRow:

@@ -9,7 +9,7 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import delete, event, select, update
+from sqlalchemy import delete, event, insert, select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 
@@ -107,11 +107,10 @@ class Store:
 
     # -- events ---------------------------------------------------------------------------
 
-    async def add_event(
-        self, deployment: str, kind: str, state: str, message: str, at: datetime
-    ) -> None:
+    async def add_events(self, events: Sequence[dict[str, Any]]) -> None:
+        """Many events in one statement (the controller writes a cycle's events at once)."""
         async with self._session.begin() as s:
-            s.add(EventRow(deployment=deployment, at=at, kind=kind, state=state, message=message))
+            await s.execute(insert(EventRow), list(events))
 
     async def list_events(self, deployment: str, limit: int = 500) -> Sequence[EventRow]:
         async with self._session() as s:
