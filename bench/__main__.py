@@ -1,4 +1,4 @@
-"""`python -m bench all|overhead|coldstart|burst|controlplane|affinity|profile [--smoke]
+"""`python -m bench all|overhead|coldstart|burst|controlplane|affinity|metering|profile [--smoke]
 [--out bench/results]`: run benchmarks on this machine and write their results."""
 
 from __future__ import annotations
@@ -19,7 +19,9 @@ from typing import Any
 from bench.harness import REPO, machine_info, raise_fd_limit
 from bench.report import Result, Target, write, write_summary
 
-BENCHMARKS = ("overhead", "coldstart", "burst", "controlplane", "affinity", "profile")
+BENCHMARKS = (
+    "overhead", "coldstart", "burst", "controlplane", "affinity", "metering", "profile",
+)  # fmt: skip
 # The profiler run needs py-spy and takes a while: part of `all` in full runs only.
 SMOKE_SKIPS = ("profile",)
 

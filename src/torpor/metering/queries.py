@@ -185,8 +185,23 @@ async def timeseries(
     buckets: dict[datetime, _Acc] = defaultdict(_Acc)
     async with AsyncSession(engine) as s:
         if hourly:
-            rows = (await s.scalars(select(UsageHourlyRow).where(
-                UsageHourlyRow.hour >= start, scope.hourly()))).all()  # fmt: skip
+            h = UsageHourlyRow
+            rows = await s.execute(
+                select(
+                    h.hour,
+                    func.sum(h.requests).label("requests"),
+                    func.sum(h.errors).label("errors"),
+                    func.sum(h.prompt_tokens).label("prompt_tokens"),
+                    func.sum(h.completion_tokens).label("completion_tokens"),
+                    func.sum(h.latency_ms_sum).label("latency_ms_sum"),
+                    func.sum(h.ttft_ms_sum).label("ttft_ms_sum"),
+                    func.sum(h.ttft_count).label("ttft_count"),
+                    func.sum(h.cold_starts).label("cold_starts"),
+                    func.sum(h.cost).label("cost"),
+                )
+                .where(h.hour >= start, scope.hourly())
+                .group_by(h.hour)
+            )
             for r in rows:
                 buckets[_bucket(_utc(r.hour), start, step)].add(_hourly_acc(r))
         else:
