@@ -1,4 +1,4 @@
-"""The benchmark harness keeps working: `python -m bench all --smoke` (seconds, small
+"""The benchmark harness keeps working: `torpor bench all --smoke` (seconds, small
 counts, no LiteLLM install, one tiny llama.cpp cold start) writes sane results."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import Any
 
 from tests.conftest import REPO
 
-BENCHMARKS = ("overhead", "coldstart", "burst", "controlplane", "affinity")
+BENCHMARKS = ("overhead", "coldstart", "burst", "controlplane", "affinity", "metering")
 
 
 def _non_negative(value: Any, where: str) -> None:
@@ -34,7 +34,7 @@ def _non_negative(value: Any, where: str) -> None:
 def test_bench_smoke(tmp_path: Path) -> None:
     out = tmp_path / "results"
     proc = subprocess.run(
-        [sys.executable, "-m", "bench", "all", "--smoke", "--out", str(out)],
+        [sys.executable, "-m", "torpor", "bench", "all", "--smoke", "--out", str(out)],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -75,3 +75,7 @@ def test_bench_smoke(tmp_path: Path) -> None:
     assert chats["affinity"] and chats["none"]
     moved, total = results["affinity"]["worker_switches"]["affinity"]
     assert total > 0 and moved == 0
+
+    metering = results["metering"]
+    assert all(r["rps_on"] > 0 and r["rps_off"] > 0 for r in metering["request_path"]["rows"])
+    assert metering["queries"]["summary_requests"] == metering["queries"]["events"]

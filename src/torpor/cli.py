@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -555,6 +557,16 @@ def usage(
         ],
         "no usage",
     )
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def bench(ctx: typer.Context) -> None:
+    """Run the benchmarks (bench/ in the source checkout): `torpor bench all --smoke`."""
+    repo = Path(__file__).resolve().parents[2]
+    if not (repo / "bench" / "__main__.py").is_file():
+        raise _fail("the benchmarks live in torpor's source checkout (bench/); run from there")
+    os.chdir(repo)
+    os.execv(sys.executable, [sys.executable, "-m", "bench", *ctx.args])
 
 
 @app.command()

@@ -63,6 +63,7 @@ class Services:
     meter: Meter = field(init=False)
     _dispatcher: Dispatcher | None = field(default=None, init=False)
     _proxy_deps: ProxyDeps | None = field(default=None, init=False)
+    _prices: dict[str, tuple[DeploymentSpec, Prices]] = field(default_factory=dict, init=False)
     _http: aiohttp.ClientSession | None = field(default=None, init=False)
     generated_admin_key: str | None = field(default=None, init=False)
 
@@ -161,6 +162,17 @@ class Services:
         return self._dispatcher
 
     def prices_for(self, deployment: str) -> Prices:
+        """Effective rates; recomputed only when the deployment's spec object changes."""
+        dep = self.controller.deployments.get(deployment)
+        cached = self._prices.get(deployment)
+        if dep is not None and cached is not None and cached[0] is dep.spec:
+            return cached[1]
+        prices = self._compute_prices(deployment)
+        if dep is not None:
+            self._prices[deployment] = (dep.spec, prices)
+        return prices
+
+    def _compute_prices(self, deployment: str) -> Prices:
         s = self.settings
         dep = self.controller.deployments.get(deployment)
         override = dep.spec.prices if dep is not None else None

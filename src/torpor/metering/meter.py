@@ -17,9 +17,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import func, insert, select
+from sqlalchemy import Table, func, insert, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -108,6 +108,8 @@ class Reservation:
 @dataclass
 class _Month:
     key: str
+    # First instant of the next month: the request path compares, never formats.
+    ends: datetime
     by_key: dict[str, Spent] = field(default_factory=dict)
     by_deployment: dict[str, Spent] = field(default_factory=dict)
 
@@ -122,6 +124,11 @@ def hour_of(at: datetime) -> datetime:
 
 def month_start(at: datetime) -> datetime:
     return at.astimezone(UTC).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+
+
+def _new_month(at: datetime) -> _Month:
+    start = month_start(at)
+    return _Month(month_key(start), ends=(start + timedelta(days=32)).replace(day=1))
 
 
 class Meter:
@@ -149,7 +156,7 @@ class Meter:
         self._events: list[RequestUsage] = []
         self._sessions: dict[str, WorkerSession] = {}
         self._dirty_sessions: set[str] = set()
-        self._month = _Month(month_key(clock()))
+        self._month = _new_month(clock())
         # Reserved by requests in flight, by key id and by deployment.
         self._reserved_key: dict[str, Spent] = {}
         self._reserved_dep: dict[str, Spent] = {}
@@ -338,7 +345,7 @@ class Meter:
                 async with AsyncSession(self.store.engine) as s, s.begin():
                     if events:
                         # One executemany of plain rows: no ORM object per request.
-                        await s.execute(insert(UsageEventRow), [_event_values(e) for e in events])
+                        await s.execute(insert(_EVENTS_TABLE), [_event_values(e) for e in events])
                         await _add_rollups(s, events)
                     for ws in sessions:
                         await s.merge(_session_row(ws))
@@ -389,9 +396,9 @@ class Meter:
     # -- internals ------------------------------------------------------------------------
 
     def _roll_month(self) -> None:
-        key = month_key(self.clock())
-        if key != self._month.key:
-            self._month = _Month(key)
+        now = self.clock()
+        if now >= self._month.ends:
+            self._month = _new_month(now)
 
     def _add_spend(self, key_id: str, deployment: str, tokens: int, cost: float) -> None:
         for table, name in ((self._month.by_key, key_id), (self._month.by_deployment, deployment)):
@@ -402,6 +409,10 @@ class Meter:
 def _plus(a: Spent | None, b: Spent | None) -> Spent:
     a, b = a or Spent(), b or Spent()
     return Spent(a.usd + b.usd, a.tokens + b.tokens)
+
+
+# The Core table: an executemany without the ORM's per-row bookkeeping.
+_EVENTS_TABLE = cast(Table, UsageEventRow.__table__)
 
 
 def _event_values(e: RequestUsage) -> dict[str, Any]:

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -43,6 +44,17 @@ class _LiveGauges(Collector):
         yield workers
 
 
+@dataclass(frozen=True)
+class _Children:
+    prompt: Any
+    completion: Any
+    latency: Any
+    queue_wait: Any
+    ttft: Any
+    cold_starts: Any
+    cost: Any
+
+
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
@@ -78,21 +90,39 @@ class Metrics:
             "torpor_storage_gb", "Storage held by a deployment", ["deployment"], registry=r
         )
 
+        # Label lookups take a lock each; the request path reuses the children instead.
+        self._per_deployment: dict[str, _Children] = {}
+        self._per_status: dict[tuple[str, int], Any] = {}
+
     def watch(self, queues: QueueSource, workers: WorkerSource) -> None:
         self.registry.register(_LiveGauges(queues, workers))
 
     def observe_request(self, u: RequestUsage) -> None:
         dep = u.deployment
-        self.requests.labels(dep, str(u.status)).inc()
-        self.tokens.labels(dep, "prompt").inc(u.prompt_tokens)
-        self.tokens.labels(dep, "completion").inc(u.completion_tokens)
-        self.latency.labels(dep).observe(u.latency_ms / 1000)
-        self.queue_wait.labels(dep).observe(u.queue_ms / 1000)
+        c = self._per_deployment.get(dep)
+        if c is None:
+            c = self._per_deployment[dep] = _Children(
+                self.tokens.labels(dep, "prompt"),
+                self.tokens.labels(dep, "completion"),
+                self.latency.labels(dep),
+                self.queue_wait.labels(dep),
+                self.ttft.labels(dep),
+                self.cold_start_requests.labels(dep),
+                self.cost.labels(dep, "tokens"),
+            )
+        status = self._per_status.get((dep, u.status))
+        if status is None:
+            status = self._per_status[(dep, u.status)] = self.requests.labels(dep, str(u.status))
+        status.inc()
+        c.prompt.inc(u.prompt_tokens)
+        c.completion.inc(u.completion_tokens)
+        c.latency.observe(u.latency_ms / 1000)
+        c.queue_wait.observe(u.queue_ms / 1000)
         if u.ttft_ms is not None:
-            self.ttft.labels(dep).observe(u.ttft_ms / 1000)
+            c.ttft.observe(u.ttft_ms / 1000)
         if u.cold_start:
-            self.cold_start_requests.labels(dep).inc()
-        self.cost.labels(dep, "tokens").inc(u.cost)
+            c.cold_starts.inc()
+        c.cost.inc(u.cost)
 
     def observe_cold_start(self, deployment: str, seconds: float) -> None:
         self.cold_starts.labels(deployment).observe(seconds)
