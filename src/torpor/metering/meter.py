@@ -39,6 +39,8 @@ from torpor.store import Store
 log = logging.getLogger(__name__)
 
 
+# Rows per insert statement when flushing (bounds how long one slice holds the loop).
+FLUSH_SLICE = 256
 # Raw events past retention are deleted this often (rollups are kept).
 PRUNE_EVERY = timedelta(hours=1)
 
@@ -343,9 +345,12 @@ class Meter:
                 return
             try:
                 async with AsyncSession(self.store.engine) as s, s.begin():
+                    # Executemany of plain rows, in slices: preparing the parameters runs on
+                    # the event loop, and one slice must not stall requests for long.
+                    for at in range(0, len(events), FLUSH_SLICE):
+                        rows = [_event_values(e) for e in events[at : at + FLUSH_SLICE]]
+                        await s.execute(insert(_EVENTS_TABLE), rows)
                     if events:
-                        # One executemany of plain rows: no ORM object per request.
-                        await s.execute(insert(_EVENTS_TABLE), [_event_values(e) for e in events])
                         await _add_rollups(s, events)
                     for ws in sessions:
                         await s.merge(_session_row(ws))
