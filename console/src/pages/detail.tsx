@@ -15,7 +15,10 @@ const TABS: [string, string, boolean][] = [
 ];
 
 export function DeploymentDetail({ name, tab, me }: { name: string; tab: string; me: Me }) {
-  const [dep, error, reload] = usePoll(() => api<Deployment>(`/api/deployments/${encodeURIComponent(name)}`), 2000, [name]);
+  const [polled, error, reload] = usePoll(() => api<Deployment>(`/api/deployments/${encodeURIComponent(name)}`), 2000, [name]);
+  // After navigating from another deployment, the previous one's data must not show (or
+  // seed the settings form) until this one's has arrived.
+  const dep = polled && polled.name === name ? polled : null;
   const [connect, setConnect] = useState(false);
   const worker = new URLSearchParams(location.hash.split("?")[1] ?? "").get("worker");
   const tabs = TABS.filter(([, , admin]) => !admin || me.admin);
