@@ -11,7 +11,7 @@ from typing import Any
 
 import orjson
 
-ORDER = ("overhead", "coldstart", "burst", "controlplane", "affinity", "profile")
+ORDER = ("overhead", "coldstart", "burst", "controlplane", "affinity", "metering", "profile")
 
 
 @dataclass

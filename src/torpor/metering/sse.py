@@ -8,12 +8,17 @@ for usage gets a usage chunk made from that count.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 
 _DONE = b"data: [DONE]"
+# A content-bearing delta (chat), text (completions) or the start of tool calls.
+_CONTENT = re.compile(rb'"(?:content|text)":\s?"[^"]|"tool_calls":\s?\[\s?\{')
+# A usage object (engines may send `"usage": null` in every chunk).
+_USAGE = re.compile(rb'"usage":\s?\{')
 
 
 @dataclass
@@ -67,7 +72,13 @@ class StreamUsage:
             if self.want_usage_chunk and self.completion_tokens is None:
                 return self._synthesized() + b"\n\n" + event
             return event
-        if not line.startswith(b"data:") or (b'"usage"' not in line and b'"choices"' not in line):
+        if not line.startswith(b"data:"):
+            return event
+        # Byte checks on every chunk; JSON is parsed only for a chunk that carries a usage
+        # object, and for the first one (its id and model name a synthesized usage chunk).
+        if _CONTENT.search(line):
+            self.content_chunks += 1
+        if _USAGE.search(line) is None and self._last:
             return event
         try:
             obj = orjson.loads(line[5:])
@@ -75,19 +86,14 @@ class StreamUsage:
             return event
         if not isinstance(obj, dict):
             return event
+        if obj.get("choices"):
+            self._last = obj
         usage = obj.get("usage")
-        choices = obj.get("choices")
         if isinstance(usage, dict):
             self.prompt_tokens = int(usage.get("prompt_tokens") or 0)
             self.completion_tokens = int(usage.get("completion_tokens") or 0)
-            if self.strip_usage_chunk and not choices:
+            if self.strip_usage_chunk and not obj.get("choices"):
                 return None
-        if choices:
-            self._last = obj
-            for choice in choices:
-                delta = choice.get("delta") or {}
-                if delta.get("content") or choice.get("text") or delta.get("tool_calls"):
-                    self.content_chunks += 1
         return event
 
     def _synthesized(self) -> bytes:
