@@ -31,6 +31,7 @@ from torpor.asyncreq.store import AsyncStore
 from torpor.asyncreq.tables import AsyncRequestRow
 from torpor.errors import TorporError, Unauthorized
 from torpor.gateway.dispatch import BufferedResponse, Dispatcher, UpstreamRequest
+from torpor.loops import tick_forever
 from torpor.spec import DeploymentSpec
 
 log = logging.getLogger(__name__)
@@ -112,14 +113,7 @@ class Runner:
     # -- the loop -------------------------------------------------------------------------
 
     async def _run(self) -> None:
-        while True:
-            self._wake.clear()
-            try:
-                await self.tick()
-            except Exception:
-                log.exception("async runner tick failed")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self._policy.poll_interval_s)
+        await tick_forever(self.tick, self._wake, self._policy.poll_interval_s, "async runner tick")
 
     async def tick(self) -> None:
         if time.monotonic() - self._last_stale_check >= self._policy.stale_check_interval_s:

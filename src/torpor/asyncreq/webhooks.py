@@ -19,6 +19,7 @@ from torpor.asyncreq.policy import SIGNATURE_HEADER, WebhookState, backoff_s, si
 from torpor.asyncreq.store import AsyncStore
 from torpor.asyncreq.tables import AsyncRequestRow
 from torpor.asyncreq.views import request_view
+from torpor.loops import tick_forever
 
 log = logging.getLogger(__name__)
 
@@ -109,14 +110,7 @@ class WebhookSender:
         self._wake.set()
 
     async def _run(self) -> None:
-        while True:
-            self._wake.clear()
-            try:
-                await self.tick()
-            except Exception:
-                log.exception("webhook tick failed")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self._policy.poll_interval_s)
+        await tick_forever(self.tick, self._wake, self._policy.poll_interval_s, "webhook tick")
 
     async def tick(self) -> None:
         room = MAX_CONCURRENT_DELIVERIES - len(self._tasks)

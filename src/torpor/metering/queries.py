@@ -94,6 +94,21 @@ class _Acc:
         }
 
 
+_H = UsageHourlyRow
+# The rollup counters summed over a group, labelled as _hourly_acc reads them.
+_ROLLUP_SUMS = (
+    func.sum(_H.requests).label("requests"),
+    func.sum(_H.errors).label("errors"),
+    func.sum(_H.prompt_tokens).label("prompt_tokens"),
+    func.sum(_H.completion_tokens).label("completion_tokens"),
+    func.sum(_H.latency_ms_sum).label("latency_ms_sum"),
+    func.sum(_H.ttft_ms_sum).label("ttft_ms_sum"),
+    func.sum(_H.ttft_count).label("ttft_count"),
+    func.sum(_H.cold_starts).label("cold_starts"),
+    func.sum(_H.cost).label("cost"),
+)
+
+
 def _hourly_acc(r: Any) -> _Acc:
     return _Acc(
         int(r.requests or 0), int(r.errors or 0), int(r.prompt_tokens or 0),
@@ -115,15 +130,7 @@ async def _grouped(
         rows = await s.execute(
             select(
                 *group,
-                func.sum(h.requests).label("requests"),
-                func.sum(h.errors).label("errors"),
-                func.sum(h.prompt_tokens).label("prompt_tokens"),
-                func.sum(h.completion_tokens).label("completion_tokens"),
-                func.sum(h.latency_ms_sum).label("latency_ms_sum"),
-                func.sum(h.ttft_ms_sum).label("ttft_ms_sum"),
-                func.sum(h.ttft_count).label("ttft_count"),
-                func.sum(h.cold_starts).label("cold_starts"),
-                func.sum(h.cost).label("cost"),
+                *_ROLLUP_SUMS,
             )
             .where(h.hour >= h0, scope.hourly())
             .group_by(*group)
@@ -189,15 +196,7 @@ async def timeseries(
             rows = await s.execute(
                 select(
                     h.hour,
-                    func.sum(h.requests).label("requests"),
-                    func.sum(h.errors).label("errors"),
-                    func.sum(h.prompt_tokens).label("prompt_tokens"),
-                    func.sum(h.completion_tokens).label("completion_tokens"),
-                    func.sum(h.latency_ms_sum).label("latency_ms_sum"),
-                    func.sum(h.ttft_ms_sum).label("ttft_ms_sum"),
-                    func.sum(h.ttft_count).label("ttft_count"),
-                    func.sum(h.cold_starts).label("cold_starts"),
-                    func.sum(h.cost).label("cost"),
+                    *_ROLLUP_SUMS,
                 )
                 .where(h.hour >= start, scope.hourly())
                 .group_by(h.hour)
