@@ -256,6 +256,22 @@ async def test_report_broken_removes_the_route(gate: DeploymentGate) -> None:
     gate.report_broken("unknown")  # harmless
 
 
+async def test_unreachable_worker_stays_out_of_routing_for_a_while(
+    gate: DeploymentGate, clock: Clock
+) -> None:
+    from torpor.admission import SUSPEND_UNREACHABLE_S
+
+    gate.set_routes([route("w1"), route("w2")])
+    gate.report_broken("w2")
+    # The controller has not seen the process die yet and publishes it again.
+    gate.set_routes([route("w1"), route("w2")])
+    assert set(gate.routes) == {"w1"}
+    clock.now += SUSPEND_UNREACHABLE_S + 0.1
+    gate.set_routes([route("w1"), route("w2")])  # it was only a hiccup: back in
+    assert set(gate.routes) == {"w1", "w2"}
+    assert gate.suspended == {}
+
+
 async def test_demand_is_inflight_plus_queued(gate: DeploymentGate) -> None:
     gate.set_routes([route("w1", concurrency=2)])
     leases = [acquire(gate), acquire(gate)]

@@ -15,6 +15,9 @@ from dataclasses import dataclass, field
 from torpor.errors import QueueFull, TorporError, WaitTimeout
 from torpor.router import Candidate, pick_worker
 
+# A worker the proxy could not reach gets no requests for this long: the controller sees a
+# dead process well within it, and a worker that only hiccuped comes back after it.
+SUSPEND_UNREACHABLE_S = 5.0
 # Session ids remembered per deployment; the oldest are forgotten first.
 AFFINITY_CAPACITY = 10_000
 
@@ -69,6 +72,8 @@ class DeploymentGate:
     blocked: TorporError | None = None
     # True while the controller has a worker starting: a wait that runs out is a 504.
     starting: bool = False
+    # Workers the proxy found unreachable, and until when they get no requests.
+    suspended: dict[str, float] = field(default_factory=dict)
 
     # -- request side -------------------------------------------------------------------
 
@@ -132,14 +137,21 @@ class DeploymentGate:
         return lease
 
     def report_broken(self, worker_id: str) -> None:
-        """The proxy could not talk to this worker: stop routing to it until the controller
-        has looked at it again."""
+        """The proxy could not talk to this worker: no requests go to it for a while, even if
+        the controller publishes it again before it has noticed the process died."""
         self.routes.pop(worker_id, None)
+        self.suspended[worker_id] = self.clock() + SUSPEND_UNREACHABLE_S
 
     # -- controller side ----------------------------------------------------------------
 
     def set_routes(self, routes: list[Route]) -> None:
-        self.routes = {r.worker_id: r for r in routes}
+        if self.suspended:
+            now = self.clock()
+            published = {r.worker_id for r in routes}
+            self.suspended = {
+                w: until for w, until in self.suspended.items() if until > now and w in published
+            }
+        self.routes = {r.worker_id: r for r in routes if r.worker_id not in self.suspended}
         for session, worker in list(self.affinity.items()):
             if worker not in self.routes:
                 del self.affinity[session]
