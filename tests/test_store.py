@@ -64,7 +64,7 @@ def worker_row(wid: str, deployment: str, state: str, **fields: object) -> Worke
         "pid_create_time": 1.5,
         "port": 40000,
         "restarts": 0,
-        "log_path": f"/tmp/{wid}.log",
+        "log_path": f"workers/{wid}.log",
         "gpu_ids": [],
         "started_at": T0,
     }
