@@ -82,3 +82,32 @@ def refuse_unknown_options(framework: str, options: dict[str, object], known: se
             f"options: {framework} has no option {', '.join(map(repr, unknown))} "
             f"(allowed: {allowed})"
         )
+
+
+# The typed options vLLM and SGLang share (each adds one switch of its own).
+DTYPES = frozenset({"auto", "half", "float16", "bfloat16", "float", "float32"})
+
+
+def validate_model_server(
+    framework: str, spec: DeploymentSpec, known: set[str], switch: str
+) -> None:
+    """Checks common to vLLM and SGLang: a model, only known options, typed values, and no
+    more tensor-parallel ranks than the worker has GPUs."""
+    if not spec.model:
+        raise ValueError(
+            f"model: {framework} needs a Hugging Face repo id or a local model directory"
+        )
+    options = spec.options
+    refuse_unknown_options(framework, options, known)
+    check_int(options, "tensor_parallel_size")
+    check_int(options, "max_model_len")
+    check_str(options, "dtype", DTYPES)
+    check_str(options, "quantization")
+    check_fraction(options, "gpu_memory_utilization")
+    check_bool(options, switch)
+    tp = options.get("tensor_parallel_size")
+    if tp is not None and spec.gpus and tp > spec.gpus:
+        raise ValueError(
+            f"options.tensor_parallel_size: {tp} needs at least {tp} gpus per worker "
+            f"(gpus is {spec.gpus})"
+        )

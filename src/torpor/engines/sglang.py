@@ -8,13 +8,8 @@ from typing import TYPE_CHECKING
 
 from torpor.engines.base import (
     EngineLaunch,
-    check_bool,
-    check_fraction,
-    check_int,
-    check_str,
-    refuse_unknown_options,
+    validate_model_server,
 )
-from torpor.engines.vllm import DTYPES, validate_parallelism
 
 if TYPE_CHECKING:
     from torpor.spec import DeploymentSpec
@@ -37,18 +32,7 @@ class SglangEngine:
         return True
 
     def validate(self, spec: DeploymentSpec) -> None:
-        if not spec.model:
-            raise ValueError(
-                "model: sglang needs a Hugging Face repo id or a local model directory"
-            )
-        refuse_unknown_options(self.name, spec.options, OPTIONS)
-        check_int(spec.options, "tensor_parallel_size")
-        check_int(spec.options, "max_model_len")
-        check_str(spec.options, "dtype", DTYPES)
-        check_str(spec.options, "quantization")
-        check_fraction(spec.options, "gpu_memory_utilization")
-        check_bool(spec.options, "enable_memory_saver")
-        validate_parallelism(spec, "tensor_parallel_size")
+        validate_model_server(self.name, spec, OPTIONS, "enable_memory_saver")
 
     def launch(self, spec: DeploymentSpec, model_path: Path | None) -> EngineLaunch:
         assert model_path is not None

@@ -8,30 +8,17 @@ from typing import TYPE_CHECKING
 
 from torpor.engines.base import (
     EngineLaunch,
-    check_bool,
-    check_fraction,
-    check_int,
-    check_str,
     flag,
-    refuse_unknown_options,
+    validate_model_server,
 )
 
 if TYPE_CHECKING:
     from torpor.spec import DeploymentSpec
 
-DTYPES = frozenset({"auto", "half", "float16", "bfloat16", "float", "float32"})
 DEFAULT_GPU_MEMORY_UTILIZATION = 0.9
 # Options that become `--flag value`, in this order.
 VALUE_OPTIONS = ("tensor_parallel_size", "dtype", "max_model_len", "quantization")
 OPTIONS = {*VALUE_OPTIONS, "gpu_memory_utilization", "enable_sleep_mode"}
-
-
-def validate_parallelism(spec: DeploymentSpec, key: str) -> None:
-    tp = spec.options.get(key)
-    if tp is not None and spec.gpus and tp > spec.gpus:
-        raise ValueError(
-            f"options.{key}: {tp} needs at least {tp} gpus per worker (gpus is {spec.gpus})"
-        )
 
 
 class VllmEngine:
@@ -41,16 +28,7 @@ class VllmEngine:
         return True
 
     def validate(self, spec: DeploymentSpec) -> None:
-        if not spec.model:
-            raise ValueError("model: vllm needs a Hugging Face repo id or a local model directory")
-        refuse_unknown_options(self.name, spec.options, OPTIONS)
-        check_int(spec.options, "tensor_parallel_size")
-        check_int(spec.options, "max_model_len")
-        check_str(spec.options, "dtype", DTYPES)
-        check_str(spec.options, "quantization")
-        check_fraction(spec.options, "gpu_memory_utilization")
-        check_bool(spec.options, "enable_sleep_mode")
-        validate_parallelism(spec, "tensor_parallel_size")
+        validate_model_server(self.name, spec, OPTIONS, "enable_sleep_mode")
 
     def launch(self, spec: DeploymentSpec, model_path: Path | None) -> EngineLaunch:
         assert model_path is not None
