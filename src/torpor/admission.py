@@ -136,6 +136,10 @@ class DeploymentGate:
             raise self.timeout_error()
         return lease
 
+    def remove_route(self, worker_id: str) -> None:
+        """The controller took this worker out (stopping or draining it)."""
+        self.routes.pop(worker_id, None)
+
     def report_broken(self, worker_id: str) -> None:
         """The proxy could not talk to this worker: no requests go to it for a while, even if
         the controller publishes it again before it has noticed the process died."""

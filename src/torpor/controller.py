@@ -532,7 +532,7 @@ class Controller:
         w.reason, w.stopped_at, w.dirty = reason, utcnow(), True
         if self.meter is not None:
             self.meter.worker_stopped(w.id, w.stopped_at, reason)
-        dep.gate.report_broken(w.id)
+        dep.gate.remove_route(w.id)
         handle, w.handle = w.handle, None
         task = asyncio.create_task(self._terminate(w, handle))
         self._stopping.add(task)
