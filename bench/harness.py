@@ -26,7 +26,7 @@ import httpx
 import psutil
 
 REPO = Path(__file__).resolve().parent.parent
-ADMIN_KEY = "tp-bench-admin-key"
+ADMIN_KEY = "tp-bench-admin-key-0123456789abcdef"
 PYTHON = sys.executable
 
 

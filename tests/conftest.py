@@ -22,7 +22,7 @@ from tests.pg_fixture import postgres_server, postgres_url
 
 __all__ = ["postgres_server", "postgres_url"]
 
-ADMIN_KEY = "tp-test-admin-key"
+ADMIN_KEY = "tp-test-admin-key-0123456789abcdef"
 REPO = Path(__file__).resolve().parent.parent
 
 

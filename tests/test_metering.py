@@ -90,7 +90,8 @@ def test_metrics_endpoint_parses_with_the_expected_series(server: TorporServer) 
     server.deploy(fake_spec("scraped", min_workers=1))
     server.wait_for("scraped", lambda d: d["status"] == "ready")
     server.openai().chat.completions.create(model="scraped", messages=MESSAGES)  # type: ignore[arg-type]
-    text = httpx.get(server.url + "/metrics").text
+    with server.api() as admin:  # /metrics needs an admin key unless made public
+        text = admin.get("/metrics").text
     families = {f.name: f for f in text_string_to_metric_families(text)}
     for name in (
         "torpor_requests",

@@ -88,15 +88,16 @@ export interface Worker {
   started_at: string | null;
   ready_at: string | null;
   stopped_at: string | null;
-  restarts: number;
-  reason: string | null;
-  exit_code: number | null;
-  pid: number | null;
-  port: number | null;
-  host: string | null;
-  spec_version: number;
   inflight: number;
-  gpu_ids: number[];
+  // Admin view only.
+  restarts?: number;
+  reason?: string | null;
+  exit_code?: number | null;
+  pid?: number | null;
+  port?: number | null;
+  host?: string | null;
+  spec_version?: number;
+  gpu_ids?: number[];
   node?: string | null;
 }
 
@@ -104,27 +105,28 @@ export interface Deployment {
   name: string;
   description: string;
   framework: string;
-  model: string;
-  options: Record<string, any>;
+  model: string | null;
   min_workers: number;
   max_workers: number;
   concurrency: number;
   idle_timeout_s: number;
   wait_time_s: number;
   max_queue: number;
-  env: Record<string, string>;
-  framework_args: string[];
-  gpus: number;
-  state: string;
+  // Admin view only: non-admin keys get the caller view, without these.
+  options?: Record<string, any>;
+  env?: Record<string, string>;
+  framework_args?: string[];
+  gpus?: number;
+  state?: string;
+  reason?: string | null;
+  last_error?: Record<string, any> | null;
   status: string;
-  reason: string | null;
   endpoint: string;
   created_at: string | null;
   updated_at: string | null;
   ready_workers: number;
   desired_workers: number;
   queue: { waiting: number; inflight: number };
-  last_error: Record<string, any> | null;
   workers: Worker[];
   [extra: string]: any;
 }

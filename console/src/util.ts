@@ -100,7 +100,7 @@ export function nameError(name: string, taken: string[] = []): string | null {
 }
 
 export function isFailing(w: Worker): boolean {
-  return w.state === "failed" || (w.state === "provisioning" && w.restarts > 0);
+  return w.state === "failed" || (w.state === "provisioning" && (w.restarts ?? 0) > 0);
 }
 
 /** Failing workers first, then starting ones, then the rest; newest first within a group. */

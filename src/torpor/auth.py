@@ -15,6 +15,14 @@ from torpor.store.db import utcnow
 from torpor.store.tables import ApiKeyRow
 
 KEY_PREFIX = "tp-"
+# TORPOR_ADMIN_KEY must be at least this long (a generated key has 46 characters).
+MIN_ADMIN_KEY_LENGTH = 24
+# The listed prefix of a key: at most this many characters and a third of the key.
+MAX_LISTED_PREFIX = 8
+
+
+def listed_prefix(secret: str) -> str:
+    return secret[: min(MAX_LISTED_PREFIX, len(secret) // 3)]
 
 
 def generate_key() -> str:
@@ -83,7 +91,7 @@ class KeyRing:
         row = ApiKeyRow(
             id="key_" + secrets.token_hex(8),
             name=name,
-            prefix=secret[:10],
+            prefix=listed_prefix(secret),
             key_hash=hash_key(secret),
             admin=admin,
             deployments=sorted(set(deployments)) if deployments is not None else None,
@@ -113,6 +121,21 @@ class KeyRing:
     def knows(self, secret: str) -> bool:
         return hash_key(secret) in self._by_hash
 
+    async def ensure_admin(self, secret: str, name: str) -> None:
+        """Make `secret` an active admin key: created, or re-activated when an earlier
+        revoke (or a change of its scope) left its row behind."""
+        digest = hash_key(secret)
+        row = await self._store.key_by_hash(digest)
+        if row is None:
+            await self.create(name, admin=True, secret=secret)
+            return
+        if row.revoked_at is not None or not row.admin or row.deployments is not None:
+            row = await self._store.update_key(
+                row.id, {"revoked_at": None, "admin": True, "deployments": None}
+            )
+            assert row is not None
+        self._by_hash[digest] = _to_key(row)
+
 
 def _to_key(row: ApiKeyRow) -> ApiKey:
     deps = frozenset(row.deployments) if row.deployments is not None else None
@@ -127,6 +150,16 @@ def _to_key(row: ApiKeyRow) -> ApiKey:
     )
 
 
+def check_admin_key(secret: str) -> None:
+    """Refuse a TORPOR_ADMIN_KEY that is too short to be a secret."""
+    if len(secret) < MIN_ADMIN_KEY_LENGTH:
+        raise ValueError(
+            f"TORPOR_ADMIN_KEY is {len(secret)} characters long; it must have at least "
+            f"{MIN_ADMIN_KEY_LENGTH} (generate one with: "
+            "python -c 'import secrets; print(\"tp-\" + secrets.token_urlsafe(32))')"
+        )
+
+
 async def bootstrap_admin(keys: KeyRing, configured: str | None, data_dir: Path) -> str | None:
     """Make sure an admin key exists. Returns a newly generated key to print once, else None.
 
@@ -134,8 +167,8 @@ async def bootstrap_admin(keys: KeyRing, configured: str | None, data_dir: Path)
     saves it 0600 as admin.key in the data dir (the CLI reads it from there).
     """
     if configured:
-        if not keys.knows(configured):
-            await keys.create("admin (TORPOR_ADMIN_KEY)", admin=True, secret=configured)
+        check_admin_key(configured)
+        await keys.ensure_admin(configured, "admin (TORPOR_ADMIN_KEY)")
         return None
     if keys.has_admin():
         return None

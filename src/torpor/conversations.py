@@ -13,14 +13,23 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, String, Text, delete, select
+from sqlalchemy import JSON, DateTime, String, Text, delete, func, select
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from sqlalchemy.orm import Mapped, mapped_column
 
+from torpor.errors import QuotaExceeded
 from torpor.store.db import as_utc, utcnow
 from torpor.store.tables import Base
 
+# One conversation holds at most this many messages (each append is bounded by the body
+# limit; this bounds the row).
+MAX_MESSAGES = 2000
+
 _THINK_RE = re.compile(r"<think>.*?(</think>|\Z)", re.DOTALL)
+
+
+class ConversationFull(QuotaExceeded):
+    default_message = "Conversation is full"
 
 
 def strip_think(text: str) -> str:
@@ -90,6 +99,11 @@ class Conversations:
             q = q.order_by(ConversationRow.updated_at.desc()).limit(500)
             return (await s.scalars(q)).all()
 
+    async def count_for(self, key_id: str) -> int:
+        async with self._session() as s:
+            q = select(func.count()).select_from(ConversationRow)
+            return int(await s.scalar(q.where(ConversationRow.key_id == key_id)) or 0)
+
     async def get(self, key_id: str, conv_id: str) -> ConversationRow | None:
         async with self._session() as s:
             row = await s.get(ConversationRow, conv_id)
@@ -142,6 +156,10 @@ class Conversations:
             if settings is not None:
                 row.settings = settings
             if append:
+                if len(row.messages) + len(append) > MAX_MESSAGES:
+                    raise ConversationFull(
+                        f"A conversation holds at most {MAX_MESSAGES} messages; start a new one"
+                    )
                 row.messages = [*row.messages, *(clean_message(m) for m in append)]
             row.updated_at = utcnow()
         return row

@@ -57,6 +57,15 @@ class Forbidden(TorporError):
     default_message = "This API key may not use this resource"
 
 
+class QuotaExceeded(TorporError):
+    """A per-key storage cap (stored conversations, messages) is reached."""
+
+    status = 403
+    type = "permission_error"
+    code = "quota_exceeded"
+    default_message = "Quota exceeded"
+
+
 class NotFound(TorporError):
     status = 404
     type = "invalid_request_error"

@@ -73,6 +73,20 @@ class Settings(BaseSettings):
     webhook_backoff_base_s: float = Field(default=1.0, ge=0)
     webhook_backoff_max_s: float = Field(default=300.0, ge=0)
     webhook_timeout_s: float = Field(default=10.0, gt=0)
+    # Let webhooks reach loopback, private, link-local and reserved addresses (trusted
+    # set-ups and tests only): off, torpor never connects there on a caller's say-so.
+    webhook_allow_private: bool = False
+
+    # Security. `/metrics` needs a key unless this is set (Prometheus scrapes with a bearer
+    # token); `/docs` and `/openapi.json` always need one.
+    public_metrics: bool = False
+    # Body limits after authentication: the inference routes (`/v1`, `/openai/...`), the
+    # async submit route (`/deployment/...`), and the control API (`/api`).
+    max_inference_body_bytes: int = Field(default=32 * 1024 * 1024, ge=1024)
+    max_async_body_bytes: int = Field(default=32 * 1024 * 1024, ge=1024)
+    max_api_body_bytes: int = Field(default=2 * 1024 * 1024, ge=1024)
+    # Stored playground conversations per API key.
+    max_conversations_per_key: int = Field(default=1000, ge=1)
 
     @field_validator("data_dir")
     @classmethod

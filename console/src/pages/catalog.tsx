@@ -36,7 +36,7 @@ export function Catalog({ me }: { me: Me }) {
   const items = (data?.deployments ?? [])
     .map((d) => ({ dep: d, info: catalogInfo(d) }))
     .filter(({ info }) => type === "all" || info.type === type)
-    .filter(({ dep, info }) => !q || [dep.name, info.displayName, info.vendor, info.type, dep.model].some((s) => s.toLowerCase().includes(q)));
+    .filter(({ dep, info }) => !q || [dep.name, info.displayName, info.vendor, info.type, dep.model].some((s) => (s ?? "").toLowerCase().includes(q)));
   const monthUsed = me.usage_month?.tokens ?? 0;
 
   return (

@@ -20,7 +20,7 @@ function fleetFromDeployments(deps: Deployment[]): FleetEntry[] {
       deployment: d.name,
       lifecycle: deriveLifecycle(d),
       status: d.status,
-      gpu_kind: d.gpus > 0 ? `${d.gpus} GPU` : "CPU",
+      gpu_kind: (d.gpus ?? 0) > 0 ? `${d.gpus} GPU` : "CPU",
       gpu_memory_mb: null,
       total_requests: null,
       last_startup_s: null,

@@ -122,6 +122,7 @@ function Overview({ dep }: { dep: Deployment }) {
           </div>
         </div>
       </div>
+      {dep.env !== undefined && (
       <div class="two">
         <div class="panel">
           <h3>Command and arguments</h3>
@@ -137,7 +138,7 @@ function Overview({ dep }: { dep: Deployment }) {
               </>
             )}
             <span>Arguments</span>
-            <span class="mono">{dep.framework_args.length ? dep.framework_args.join(" ") : "–"}</span>
+            <span class="mono">{dep.framework_args?.length ? dep.framework_args.join(" ") : "–"}</span>
             {Object.entries(dep.options ?? {})
               .filter(([k]) => k !== "command")
               .map(([k, v]) => (
@@ -150,11 +151,11 @@ function Overview({ dep }: { dep: Deployment }) {
         </div>
         <div class="panel">
           <h3>Environment</h3>
-          {Object.keys(dep.env).length === 0 ? (
+          {Object.keys(dep.env ?? {}).length === 0 ? (
             <div class="muted">No variables.</div>
           ) : (
             <div class="kv" data-testid="env">
-              {Object.entries(dep.env).map(([k, v]) => (
+              {Object.entries(dep.env ?? {}).map(([k, v]) => (
                 <>
                   <span class="mono">{k}</span>
                   <span class="mono">{maskValue(k, v)}</span>
@@ -176,6 +177,7 @@ function Overview({ dep }: { dep: Deployment }) {
           </div>
         </div>
       </div>
+      )}
       <div class="panel">
         <h3>Events</h3>
         {(events?.data ?? []).length === 0 ? (
@@ -184,7 +186,7 @@ function Overview({ dep }: { dep: Deployment }) {
           <ul class="events">
             {[...(events?.data ?? [])].reverse().slice(0, 50).map((e) => (
               <li>
-                <span class="muted small">{fmtTime(e.at)}</span> <Badge value={e.state} /> {e.message}
+                <span class="muted small">{fmtTime(e.at)}</span> <Badge value={e.state} /> {e.message ?? ""}
               </li>
             ))}
           </ul>
@@ -453,8 +455,8 @@ function Settings({ dep, onSaved }: { dep: Deployment; onSaved: () => void }) {
     wait_time_s: dep.wait_time_s,
     max_queue: dep.max_queue,
     gpus: dep.gpus,
-    env: envText(dep.env),
-    framework_args: dep.framework_args.join(" "),
+    env: envText(dep.env ?? {}),
+    framework_args: (dep.framework_args ?? []).join(" "),
   });
   const [form, setForm] = useState(initial);
   const [confirm, setConfirm] = useState<Record<string, unknown> | null>(null);

@@ -20,6 +20,7 @@ from torpor.asyncreq.service import poll_url
 from torpor.asyncreq.views import accepted_view
 from torpor.errors import Forbidden, NotFound
 from torpor.gateway.dispatch import UpstreamRequest
+from torpor.paths import check_route
 
 router = APIRouter(tags=["async"])
 
@@ -67,7 +68,10 @@ async def submit(
     svc.dispatcher.gate(name)  # unknown deployment: 404
     if svc.dispatcher.meter is not None:
         svc.dispatcher.meter.check(key, name)  # over budget: refused now, not after a 202
-    path = "/" + route.lstrip("/")
+    path = "/" + route
+    routes = svc.routes_of(name)
+    if routes is not None:
+        check_route(key, name, path, *routes)
     if request.url.query:
         path = f"{path}?{request.url.query}"
     openai_route = path.startswith("/v1/")

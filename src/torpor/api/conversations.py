@@ -8,8 +8,8 @@ from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field
 
 from torpor.api.deps import CallerDep, ServicesDep
-from torpor.conversations import Conversations, full_view, summary_view
-from torpor.errors import NotFound
+from torpor.conversations import MAX_MESSAGES, Conversations, full_view, summary_view
+from torpor.errors import NotFound, QuotaExceeded
 
 router = APIRouter(prefix="/api/conversations", tags=["conversations"])
 
@@ -60,7 +60,15 @@ async def list_conversations(
 async def create(body: ConversationCreate, svc: ServicesDep, key: CallerDep) -> dict[str, Any]:
     if not key.may_use(body.deployment):
         raise NotFound(f"Deployment {body.deployment!r} not found")
-    row = await _store(svc).create(
+    conversations = _store(svc)
+    cap = svc.settings.max_conversations_per_key
+    if await conversations.count_for(key.id) >= cap:
+        raise QuotaExceeded(
+            f"This API key has {cap} stored conversations, the most it may keep; delete some first"
+        )
+    if len(body.messages) > MAX_MESSAGES:
+        raise QuotaExceeded(f"A conversation holds at most {MAX_MESSAGES} messages")
+    row = await conversations.create(
         key.id,
         deployment=body.deployment,
         title=body.title,

@@ -29,19 +29,19 @@ def _visible(svc: ServicesDep, key: CallerDep, name: str) -> Deployment:
 @router.post("", status_code=201)
 async def create(spec: DeploymentSpec, svc: ServicesDep, _: AdminDep) -> dict[str, Any]:
     dep = await svc.controller.create(spec)
-    return deployment_view(svc.controller, dep)
+    return deployment_view(svc.controller, dep, admin=True)
 
 
 @router.get("")
 async def list_all(svc: ServicesDep, key: CallerDep) -> dict[str, Any]:
     c = svc.controller
     deps = [d for name, d in sorted(c.deployments.items()) if key.may_use(name)]
-    return {"data": [deployment_view(c, d) for d in deps]}
+    return {"data": [deployment_view(c, d, admin=key.admin) for d in deps]}
 
 
 @router.get("/{name}")
 async def get(name: str, svc: ServicesDep, key: CallerDep) -> dict[str, Any]:
-    return deployment_view(svc.controller, _visible(svc, key, name))
+    return deployment_view(svc.controller, _visible(svc, key, name), admin=key.admin)
 
 
 @router.patch("/{name}")
@@ -55,7 +55,7 @@ async def patch(name: str, body: dict[str, Any], svc: ServicesDep, _: AdminDep) 
         dep = await svc.controller.update(name, change)
     except ValidationError as exc:
         raise InvalidSpec(format_errors(exc.errors())) from None
-    return deployment_view(svc.controller, dep)
+    return deployment_view(svc.controller, dep, admin=True)
 
 
 @router.delete("/{name}")
@@ -91,9 +91,15 @@ async def logs(
 async def events(name: str, svc: ServicesDep, key: CallerDep) -> dict[str, Any]:
     _visible(svc, key, name)
     rows = await svc.store.list_events(name)
+    # Messages name pids, paths and log lines: admin keys only.
     return {
         "data": [
-            {"at": r.at.isoformat(), "kind": r.kind, "state": r.state, "message": r.message}
+            {
+                "at": r.at.isoformat(),
+                "kind": r.kind,
+                "state": r.state,
+                "message": r.message if key.admin else None,
+            }
             for r in rows
         ]
     }
@@ -102,4 +108,4 @@ async def events(name: str, svc: ServicesDep, key: CallerDep) -> dict[str, Any]:
 @router.get("/{name}/workers")
 async def workers(name: str, svc: ServicesDep, key: CallerDep) -> dict[str, Any]:
     dep = _visible(svc, key, name)
-    return {"data": deployment_view(svc.controller, dep)["workers"]}
+    return {"data": deployment_view(svc.controller, dep, admin=key.admin)["workers"]}

@@ -7,7 +7,7 @@ from typing import Any
 
 from torpor.controller import Controller, Deployment, Worker
 from torpor.modelstore import derive_catalog
-from torpor.states import WorkerState
+from torpor.states import WorkerState, lifecycle
 
 _FAILING_FIRST = {WorkerState.FAILED: 0, WorkerState.PROVISIONING: 1, WorkerState.DRAINING: 2}
 
@@ -36,6 +36,18 @@ def worker_view(w: Worker, inflight: int) -> dict[str, Any]:
     }
 
 
+def caller_worker_view(w: Worker, inflight: int) -> dict[str, Any]:
+    """A worker as a non-admin key sees it: state and timing, no pid, address or reason."""
+    return {
+        "id": w.id,
+        "state": w.state.value,
+        "started_at": _iso(w.started_at),
+        "ready_at": _iso(w.ready_at),
+        "stopped_at": _iso(w.stopped_at),
+        "inflight": inflight,
+    }
+
+
 def ordered_workers(dep: Deployment) -> list[Worker]:
     """Live workers first (failing ones at the very top), newest first within a group."""
     return sorted(
@@ -44,13 +56,60 @@ def ordered_workers(dep: Deployment) -> list[Worker]:
     )
 
 
-def deployment_view(controller: Controller, dep: Deployment) -> dict[str, Any]:
+# The spec fields a caller (non-admin key) sees: what it needs to call the deployment and
+# to understand its scaling. Never env, options, command lines, paths or addresses.
+CALLER_SPEC_FIELDS = frozenset(
+    {
+        "name",
+        "description",
+        "framework",
+        "min_workers",
+        "max_workers",
+        "concurrency",
+        "idle_timeout_s",
+        "wait_time_s",
+        "max_queue",
+        "async_enabled",
+    }
+)
+
+
+def _is_local_path(model: str) -> bool:
+    return model.startswith(("/", "./", "../", "~", "file:"))
+
+
+def deployment_view(controller: Controller, dep: Deployment, *, admin: bool) -> dict[str, Any]:
+    """The admin view (everything) or the caller view (see CALLER_SPEC_FIELDS)."""
+    if admin:
+        return _admin_view(controller, dep)
+    gate = dep.gate
+    workers = ordered_workers(dep)
+    status = controller.status(dep)
+    return {
+        **dep.spec.model_dump(mode="json", include=set(CALLER_SPEC_FIELDS)),
+        # The model a caller may know: a hub id or tag, never a server path.
+        "model": None if _is_local_path(dep.spec.model) else dep.spec.model,
+        "status": status.value,
+        "lifecycle": lifecycle(status, [w.state for w in workers]).value,
+        "endpoint": f"/openai/{dep.name}/v1",
+        "created_at": _iso(dep.created_at),
+        "updated_at": _iso(dep.updated_at),
+        "ready_workers": sum(1 for w in workers if w.state is WorkerState.HEALTHY),
+        "desired_workers": dep.desired,
+        "queue": {"waiting": gate.waiting, "inflight": gate.total_inflight},
+        "catalog": derive_catalog(dep.spec),
+        "workers": [caller_worker_view(w, gate.inflight.get(w.id, 0)) for w in workers],
+    }
+
+
+def _admin_view(controller: Controller, dep: Deployment) -> dict[str, Any]:
     gate = dep.gate
     workers = ordered_workers(dep)
     return {
         **dep.spec.model_dump(mode="json"),
         "state": dep.state.value,
         "status": controller.status(dep).value,
+        "lifecycle": lifecycle(controller.status(dep), [w.state for w in workers]).value,
         "reason": dep.reason or _status_reason(controller, dep),
         "spec_version": dep.spec_version,
         "model_path": str(dep.model_path) if dep.model_path else None,

@@ -25,8 +25,31 @@ class EngineLaunch:
     wake: str | None = None
 
 
+# What every OpenAI-compatible engine serves. Inference keys reach only the routes their
+# engine declares (`Engine.routes`); an entry ending in "/*" covers the paths below it.
+OPENAI_ROUTES = frozenset(
+    {"/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/models"}
+)
+
+
+def route_allowed(path: str, routes: frozenset[str]) -> bool:
+    """Whether `path` (no query string) is one of `routes` or below a "/*" entry."""
+    if path in routes:
+        return True
+    return any(r.endswith("/*") and path.startswith(r[:-1]) for r in routes)
+
+
 class Engine(Protocol):
     name: str
+    # The inference routes callers with a non-admin key may reach on a worker.
+    routes: frozenset[str]
+    # Engine control routes (sleep, wake, pull, delete, ...): torpor calls them itself;
+    # nobody reaches them through the gateway, admin keys included.
+    control_routes: frozenset[str]
+
+    def routes_for(self, spec: DeploymentSpec) -> frozenset[str]:
+        """`routes` plus what the spec declares (custom servers list their own)."""
+        ...
 
     def needs_model(self, spec: DeploymentSpec) -> bool:
         """Whether the spec's `model` must resolve to local files before a worker starts."""

@@ -15,6 +15,11 @@ if TYPE_CHECKING:
 
 class EmbedEngine:
     name = "embed"
+    routes = frozenset({"/v1/embeddings", "/v1/models"})
+    control_routes: frozenset[str] = frozenset()
+
+    def routes_for(self, spec: DeploymentSpec) -> frozenset[str]:
+        return self.routes
 
     def needs_model(self, spec: DeploymentSpec) -> bool:
         return True

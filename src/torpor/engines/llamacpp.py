@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from torpor.engines.base import EngineLaunch, refuse_unknown_options
+from torpor.engines.base import OPENAI_ROUTES, EngineLaunch, refuse_unknown_options
 
 if TYPE_CHECKING:
     from torpor.spec import DeploymentSpec
@@ -15,6 +15,12 @@ if TYPE_CHECKING:
 
 class LlamaCppEngine:
     name = "llama.cpp"
+    # llama-server also serves /v1/rerank; llama-cpp-python answers 404 there.
+    routes = OPENAI_ROUTES | {"/v1/rerank"}
+    control_routes = frozenset({"/slots", "/slots/*", "/props", "/lora-adapters"})
+
+    def routes_for(self, spec: DeploymentSpec) -> frozenset[str]:
+        return self.routes
 
     def needs_model(self, spec: DeploymentSpec) -> bool:
         return True

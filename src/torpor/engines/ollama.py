@@ -8,7 +8,7 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from torpor.engines.base import EngineLaunch, check_str, refuse_unknown_options
+from torpor.engines.base import OPENAI_ROUTES, EngineLaunch, check_str, refuse_unknown_options
 
 if TYPE_CHECKING:
     from torpor.spec import DeploymentSpec
@@ -23,6 +23,13 @@ def ollama_exe() -> str:
 
 class OllamaEngine:
     name = "ollama"
+    routes = OPENAI_ROUTES
+    control_routes = frozenset(
+        {"/api/pull", "/api/push", "/api/delete", "/api/create", "/api/copy", "/api/blobs/*"}
+    )
+
+    def routes_for(self, spec: DeploymentSpec) -> frozenset[str]:
+        return self.routes
 
     def needs_model(self, spec: DeploymentSpec) -> bool:
         return True

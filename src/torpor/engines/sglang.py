@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from torpor.engines.base import (
+    OPENAI_ROUTES,
     EngineLaunch,
     validate_model_server,
 )
@@ -27,6 +28,24 @@ OPTIONS = {*FLAGS, "enable_memory_saver"}
 
 class SglangEngine:
     name = "sglang"
+    routes = OPENAI_ROUTES | {"/v1/rerank", "/v1/score"}
+    control_routes = frozenset(
+        {
+            "/release_memory_occupation",
+            "/resume_memory_occupation",
+            "/flush_cache",
+            "/update_weights_from_disk",
+            "/update_weights_from_tensor",
+            "/update_weights_from_distributed",
+            "/load_lora_adapter",
+            "/unload_lora_adapter",
+            "/start_profile",
+            "/stop_profile",
+        }
+    )
+
+    def routes_for(self, spec: DeploymentSpec) -> frozenset[str]:
+        return self.routes
 
     def needs_model(self, spec: DeploymentSpec) -> bool:
         return True

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from torpor.engines.base import (
+    OPENAI_ROUTES,
     EngineLaunch,
     flag,
     validate_model_server,
@@ -23,6 +24,28 @@ OPTIONS = {*VALUE_OPTIONS, "gpu_memory_utilization", "enable_sleep_mode"}
 
 class VllmEngine:
     name = "vllm"
+    routes = OPENAI_ROUTES | {
+        "/v1/responses",
+        "/v1/responses/*",
+        "/v1/rerank",
+        "/v1/score",
+        "/v1/audio/transcriptions",
+        "/v1/audio/translations",
+    }
+    control_routes = frozenset(
+        {
+            "/sleep",
+            "/wake_up",
+            "/is_sleeping",
+            "/reset_prefix_cache",
+            "/collective_rpc",
+            "/v1/load_lora_adapter",
+            "/v1/unload_lora_adapter",
+        }
+    )
+
+    def routes_for(self, spec: DeploymentSpec) -> frozenset[str]:
+        return self.routes
 
     def needs_model(self, spec: DeploymentSpec) -> bool:
         return True

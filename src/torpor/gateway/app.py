@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.docs import get_swagger_ui_html
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
@@ -16,8 +19,16 @@ from starlette.responses import Response
 from torpor import __version__
 from torpor.api import async_requests, conversations, deployments, gpus, keys, usage
 from torpor.console import mount_console
-from torpor.errors import InvalidSpec, NotFound, TorporError, error_response
-from torpor.gateway.proxy import Proxy, Receive, Scope, Send
+from torpor.errors import (
+    InvalidSpec,
+    NotFound,
+    PayloadTooLarge,
+    TorporError,
+    error_body,
+    error_response,
+)
+from torpor.gateway.proxy import Message, Proxy, Receive, Scope, Send, read_body
+from torpor.paths import check_path
 from torpor.services import Services
 from torpor.settings import Settings
 from torpor.validation import format_errors
@@ -25,12 +36,14 @@ from torpor.validation import format_errors
 log = logging.getLogger(__name__)
 
 _PROXY_PREFIXES = ("/v1/", "/openai/")
+_BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 # Under /v1 but served by FastAPI: async request status and cancel.
 _API_UNDER_V1 = ("/v1/requests/",)
 
 
 class TorporApp:
-    """Top-level ASGI: inference paths go straight to the proxy, the rest to FastAPI."""
+    """Top-level ASGI: one path check for everything, then inference paths go straight to
+    the proxy, the rest to FastAPI (bodies authenticated and bounded first)."""
 
     def __init__(self, api: FastAPI, proxy: Proxy, services: Services):
         self.api = api
@@ -38,15 +51,68 @@ class TorporApp:
         self.services = services
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.api(scope, receive, send)
+            return
         path = scope.get("path", "")
-        if (
-            scope["type"] == "http"
-            and path.startswith(_PROXY_PREFIXES)
-            and not path.startswith(_API_UNDER_V1)
-        ):
+        try:
+            check_path(path, scope.get("raw_path"))
+        except TorporError as exc:
+            await _send_error(send, exc)
+            return
+        if path.startswith(_PROXY_PREFIXES) and not path.startswith(_API_UNDER_V1):
             await self.proxy(scope, receive, send)
+        elif scope.get("method") in _BODY_METHODS:
+            await self._api_with_body(scope, receive, send)
         else:
             await self.api(scope, receive, send)
+
+    async def _api_with_body(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Every control route that reads a body needs a key: check it before reading a
+        byte, then read at most the route's limit and hand FastAPI the buffered body."""
+        s = self.services.settings
+        limit = (
+            s.max_async_body_bytes
+            if scope.get("path", "").startswith("/deployment/")
+            else s.max_api_body_bytes
+        )
+        headers = dict(scope["headers"])
+        try:
+            auth = headers.get(b"authorization")
+            self.services.keys.authenticate(auth.decode("latin-1") if auth else None)
+            length = headers.get(b"content-length")
+            if length is not None and length.isdigit() and int(length) > limit:
+                raise PayloadTooLarge(f"Request body larger than {limit} bytes")
+            body = await read_body(receive, limit)
+        except asyncio.CancelledError:
+            return  # the client hung up while sending
+        except TorporError as exc:
+            await _send_error(send, exc)
+            return
+        await self.api(scope, _replay(body, receive), send)
+
+
+async def _send_error(send: Send, exc: TorporError) -> None:
+    data = orjson.dumps(error_body(exc))
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]
+    headers += [(k.lower().encode(), v.encode()) for k, v in exc.headers.items()]
+    await send({"type": "http.response.start", "status": exc.status, "headers": headers})
+    await send({"type": "http.response.body", "body": data, "more_body": False})
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    """A receive that yields the buffered body once, then waits on the real one (for the
+    disconnect that streaming responses listen for)."""
+    sent = False
+
+    async def replay() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay
 
 
 def create_app(settings: Settings) -> TorporApp:
@@ -67,7 +133,15 @@ def create_app(settings: Settings) -> TorporApp:
         finally:
             await services.stop()
 
-    api = FastAPI(title="torpor", version=__version__, lifespan=lifespan)
+    # /docs and /openapi.json are served below, behind a key.
+    api = FastAPI(
+        title="torpor",
+        version=__version__,
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+    )
     api.state.services = services
     api.include_router(deployments.router)
     api.include_router(keys.router)
@@ -81,10 +155,24 @@ def create_app(settings: Settings) -> TorporApp:
         return {"status": "ok", "version": __version__}
 
     @api.get("/metrics", tags=["health"])
-    async def metrics() -> Response:
-        # Prometheus text format; unauthenticated like most scrape targets, and it holds
-        # counts only (no prompts, no keys).
+    async def metrics(request: Request) -> Response:
+        # Prometheus text format. It names every deployment with its traffic and cost, so
+        # it needs an admin key (Prometheus sends it as a bearer token) unless the operator
+        # opens it with TORPOR_PUBLIC_METRICS=1.
+        if not settings.public_metrics:
+            services.keys.authenticate(request.headers.get("authorization")).require_admin()
         return Response(services.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+    @api.get("/openapi.json", include_in_schema=False)
+    async def openapi(request: Request) -> Response:
+        services.keys.authenticate(request.headers.get("authorization"))
+        return Response(orjson.dumps(api.openapi()), media_type="application/json")
+
+    @api.get("/docs", include_in_schema=False)
+    async def docs(request: Request) -> Response:
+        # The page itself needs a key; it then loads the schema with the same one.
+        services.keys.authenticate(request.headers.get("authorization"))
+        return get_swagger_ui_html(openapi_url="/openapi.json", title="torpor API")
 
     @api.exception_handler(TorporError)
     async def _torpor_error(_: Request, exc: TorporError) -> Response:

@@ -30,6 +30,7 @@ from torpor.errors import (
     sse_error_event,
 )
 from torpor.gateway.dispatch import Dispatcher, UpstreamRequest
+from torpor.paths import check_route
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +39,7 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
+# Default body limit; `torpor serve` passes the configured one in ProxyDeps.
 MAX_BODY_BYTES = 32 * 1024 * 1024
 _METERED_STREAMS = frozenset({"/v1/chat/completions", "/v1/completions"})
 # Request headers passed to the engine; everything else (auth above all) stays here.
@@ -57,6 +59,9 @@ class ProxyDeps:
     dispatcher: Dispatcher
     # X-Async: true → stored and answered 202 with this body (torpor.asyncreq).
     async_submit: Callable[[UpstreamRequest, str | None], Awaitable[dict[str, Any]]] | None = None
+    # (inference routes, control routes) of a deployment's engine; None when unknown.
+    routes_of: Callable[[str], tuple[frozenset[str], frozenset[str]] | None] | None = None
+    max_body_bytes: int = MAX_BODY_BYTES
 
 
 class Responder:
@@ -103,8 +108,10 @@ class Proxy:
         deps = self._deps()
         out = Responder(send)
         try:
-            body = await _read_body(receive)
-            handler = asyncio.ensure_future(self._handle(deps, scope, body, out))
+            # The key first: nobody without one makes torpor read (or buffer) a body.
+            key = deps.keys.authenticate(_header(dict(scope["headers"]), b"authorization"))
+            body = await read_body(receive, deps.max_body_bytes)
+            handler = asyncio.ensure_future(self._handle(deps, key, scope, body, out))
             watcher = asyncio.ensure_future(_wait_disconnect(receive))
             try:
                 await asyncio.wait({handler, watcher}, return_when=asyncio.FIRST_COMPLETED)
@@ -122,10 +129,11 @@ class Proxy:
             log.exception("request failed: %s %s", scope.get("method"), scope.get("path"))
             await out.error(TorporError())
 
-    async def _handle(self, deps: ProxyDeps, scope: Scope, body: bytes, out: Responder) -> None:
+    async def _handle(
+        self, deps: ProxyDeps, key: ApiKey, scope: Scope, body: bytes, out: Responder
+    ) -> None:
         arrived = time.monotonic()
         headers = dict(scope["headers"])
-        key = deps.keys.authenticate(_header(headers, b"authorization"))
         deployment, path = _split_path(scope["path"])
         method = scope["method"]
         if path == "/v1/models" and method == "GET":
@@ -137,6 +145,9 @@ class Proxy:
         if not key.may_use(deployment):
             raise Forbidden(f"This API key may not use deployment {deployment!r}")
         deps.dispatcher.gate(deployment)  # unknown deployment: 404 before anything else
+        routes = deps.routes_of(deployment) if deps.routes_of is not None else None
+        if routes is not None:
+            check_route(key, deployment, path, *routes)
         stream = bool(payload and payload.get("stream") is True)
         strip_usage = want_usage = False
         if payload is not None:
@@ -201,7 +212,7 @@ async def _send_models(
     await out.full(200, [(b"content-type", b"application/json")], body)
 
 
-async def _read_body(receive: Receive) -> bytes:
+async def read_body(receive: Receive, limit: int = MAX_BODY_BYTES) -> bytes:
     chunks: list[bytes] = []
     size = 0
     while True:
@@ -210,8 +221,8 @@ async def _read_body(receive: Receive) -> bytes:
             raise asyncio.CancelledError()
         chunk = message.get("body", b"")
         size += len(chunk)
-        if size > MAX_BODY_BYTES:
-            raise PayloadTooLarge(f"Request body larger than {MAX_BODY_BYTES} bytes")
+        if size > limit:
+            raise PayloadTooLarge(f"Request body larger than {limit} bytes")
         chunks.append(chunk)
         if not message.get("more_body", False):
             return b"".join(chunks)

@@ -132,6 +132,13 @@ class Store:
         async with self._session() as s:
             return (await s.scalars(select(ApiKeyRow).order_by(ApiKeyRow.created_at))).all()
 
+    async def key_by_hash(self, key_hash: str) -> ApiKeyRow | None:
+        """The key with this hash, revoked or not."""
+        async with self._session() as s:
+            return (
+                await s.scalars(select(ApiKeyRow).where(ApiKeyRow.key_hash == key_hash))
+            ).first()
+
     async def update_key(self, key_id: str, changes: dict[str, Any]) -> ApiKeyRow | None:
         async with self._session.begin() as s:
             row = await s.get(ApiKeyRow, key_id)
