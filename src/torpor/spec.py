@@ -3,9 +3,22 @@
 from __future__ import annotations
 
 import re
-from typing import Any, Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from torpor.validation import (
+    MAX_BUDGET_USD,
+    MAX_CONCURRENCY,
+    MAX_DURATION_S,
+    MAX_GPUS,
+    MAX_PRICE_USD,
+    MAX_QUEUE,
+    MAX_SPEC_TOKENS,
+    MAX_STORAGE_GB,
+    MAX_WORKERS,
+    JsonObject,
+)
 
 NAME_RULE = (
     "must be 1-63 characters of lowercase letters, digits and hyphens, "
@@ -39,11 +52,26 @@ ROLLING_FIELDS = frozenset(
 Accelerator = Literal["nvidia.com/gpu", "furiosa.ai/rngd"]
 CatalogType = Literal["chat", "code", "embedding", "video-generation"]
 
+# Every number of a spec is bounded (limits in torpor.validation); floats are finite
+# (each model sets allow_inf_nan=False). A patch takes the same types.
+MinWorkers = Annotated[int, Field(ge=0, le=MAX_WORKERS)]
+MaxWorkers = Annotated[int, Field(ge=1, le=MAX_WORKERS)]
+Concurrency = Annotated[int, Field(ge=1, le=MAX_CONCURRENCY)]
+IdleTimeout = Annotated[float, Field(ge=0, le=MAX_DURATION_S)]
+WaitTime = Annotated[float, Field(gt=0, le=MAX_DURATION_S)]
+QueueSize = Annotated[int, Field(ge=0, le=MAX_QUEUE)]
+Gpus = Annotated[int, Field(ge=0, le=MAX_GPUS)]
+StorageGb = Annotated[float, Field(gt=0, le=MAX_STORAGE_GB)]
+Price = Annotated[float, Field(ge=0, le=MAX_PRICE_USD)]
+BudgetUsd = Annotated[float, Field(ge=0, le=MAX_BUDGET_USD)]
+BudgetTokens = Annotated[int, Field(ge=0, le=MAX_SPEC_TOKENS)]
+_STRICT_NUMBERS = ConfigDict(extra="forbid", allow_inf_nan=False)
+
 
 class ModelSource(BaseModel):
     """Where exactly a Hugging Face model comes from (ignored for other sources)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = _STRICT_NUMBERS
 
     revision: str | None = Field(default=None, min_length=1, max_length=200)
     allow_patterns: list[str] = Field(default_factory=list)
@@ -53,7 +81,7 @@ class ModelSource(BaseModel):
 class Catalog(BaseModel):
     """How the deployment is listed; unset fields are derived from the model."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = _STRICT_NUMBERS
 
     vendor: str | None = Field(default=None, max_length=200)
     display_name: str | None = Field(default=None, max_length=200)
@@ -69,47 +97,47 @@ def validate_name(value: str) -> str:
 class DeploymentPrices(BaseModel):
     """Per-deployment rates in USD; unset ones fall back to the settings' defaults."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = _STRICT_NUMBERS
 
-    prompt_per_mtok: float | None = Field(default=None, ge=0)
-    completion_per_mtok: float | None = Field(default=None, ge=0)
-    gpu_hourly: float | None = Field(default=None, ge=0)
-    storage_gb_month: float | None = Field(default=None, ge=0)
+    prompt_per_mtok: Price | None = None
+    completion_per_mtok: Price | None = None
+    gpu_hourly: Price | None = None
+    storage_gb_month: Price | None = None
 
 
 class DeploymentSpec(BaseModel):
     """A deployment as the user declares it; names of fields are part of the public API."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = _STRICT_NUMBERS
 
     name: str
     description: str = Field(default="", max_length=2000)
     framework: str = "llama.cpp"
     model: str = ""
-    options: dict[str, Any] = Field(default_factory=dict)
-    min_workers: int = Field(default=0, ge=0)
-    max_workers: int = Field(default=1, ge=1)
-    concurrency: int = Field(default=4, ge=1)
-    idle_timeout_s: float = Field(default=300.0, ge=0)
-    wait_time_s: float = Field(default=120.0, gt=0)
-    max_queue: int = Field(default=100, ge=0)
+    options: JsonObject = Field(default_factory=dict)
+    min_workers: MinWorkers = 0
+    max_workers: MaxWorkers = 1
+    concurrency: Concurrency = 4
+    idle_timeout_s: IdleTimeout = 300.0
+    wait_time_s: WaitTime = 120.0
+    max_queue: QueueSize = 100
     env: dict[str, str] = Field(default_factory=dict)
     framework_args: list[str] = Field(default_factory=list)
-    gpus: int = Field(default=0, ge=0)
+    gpus: Gpus = 0
     # Accelerator kind of the `gpus` devices.
     accelerator: Accelerator = "nvidia.com/gpu"
     # Hugging Face source details: revision and file patterns.
     source: ModelSource = Field(default_factory=ModelSource)
     # The deployment's storage limit: the model must fit (checked before and while fetching).
-    storage_gb: float = Field(default=100.0, gt=0)
+    storage_gb: StorageGb = 100.0
     # Catalog entry; unset fields are derived from the model.
     catalog: Catalog = Field(default_factory=Catalog)
     # Accept async requests (X-Async, POST /deployment/{name}/...).
     async_enabled: bool = True
     # Metering: rates that override the settings' defaults, and monthly caps.
     prices: DeploymentPrices = Field(default_factory=DeploymentPrices)
-    budget_usd_monthly: float | None = Field(default=None, ge=0)
-    budget_tokens_monthly: int | None = Field(default=None, ge=0)
+    budget_usd_monthly: BudgetUsd | None = None
+    budget_tokens_monthly: BudgetTokens | None = None
 
     @field_validator("name")
     @classmethod
@@ -138,29 +166,29 @@ class DeploymentSpec(BaseModel):
 class DeploymentPatch(BaseModel):
     """A partial spec for PATCH; unset fields keep their value."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = _STRICT_NUMBERS
 
     description: str | None = None
     framework: str | None = None
     model: str | None = None
-    options: dict[str, Any] | None = None
-    min_workers: int | None = None
-    max_workers: int | None = None
-    concurrency: int | None = None
-    idle_timeout_s: float | None = None
-    wait_time_s: float | None = None
-    max_queue: int | None = None
+    options: JsonObject | None = None
+    min_workers: MinWorkers | None = None
+    max_workers: MaxWorkers | None = None
+    concurrency: Concurrency | None = None
+    idle_timeout_s: IdleTimeout | None = None
+    wait_time_s: WaitTime | None = None
+    max_queue: QueueSize | None = None
     env: dict[str, str] | None = None
     framework_args: list[str] | None = None
-    gpus: int | None = None
+    gpus: Gpus | None = None
     accelerator: Accelerator | None = None
     source: ModelSource | None = None
-    storage_gb: float | None = None
+    storage_gb: StorageGb | None = None
     catalog: Catalog | None = None
     async_enabled: bool | None = None
     prices: DeploymentPrices | None = None
-    budget_usd_monthly: float | None = None
-    budget_tokens_monthly: int | None = None
+    budget_usd_monthly: BudgetUsd | None = None
+    budget_tokens_monthly: BudgetTokens | None = None
 
     def apply(self, spec: DeploymentSpec) -> DeploymentSpec:
         """The merged spec, validated again as a whole (raises pydantic.ValidationError)."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field
@@ -10,31 +10,36 @@ from pydantic import BaseModel, ConfigDict, Field
 from torpor.api.deps import AdminDep, ServicesDep
 from torpor.errors import NotFound
 from torpor.store.tables import ApiKeyRow
+from torpor.validation import MAX_BUDGET_USD, MAX_KEY_TOKENS
+
+# Limits of a key: finite, and integers fit the INTEGER columns (32-bit in PostgreSQL).
+BudgetUsd = Annotated[float, Field(ge=0, le=MAX_BUDGET_USD)]
+Tokens = Annotated[int, Field(ge=0, le=MAX_KEY_TOKENS)]
 
 router = APIRouter(prefix="/api/keys", tags=["keys"])
 
 
 class KeyCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     name: str = Field(min_length=1, max_length=200)
     deployments: list[str] | None = None
     admin: bool = False
-    budget_usd_monthly: float | None = Field(default=None, ge=0)
-    budget_tokens_monthly: int | None = Field(default=None, ge=0)
-    plan_tokens: int | None = Field(default=None, ge=0)
+    budget_usd_monthly: BudgetUsd | None = None
+    budget_tokens_monthly: Tokens | None = None
+    plan_tokens: Tokens | None = None
 
 
 class KeyPatch(BaseModel):
     """Fields to change; an explicit null removes a limit or a scope."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     name: str | None = Field(default=None, min_length=1, max_length=200)
     deployments: list[str] | None = None
-    budget_usd_monthly: float | None = Field(default=None, ge=0)
-    budget_tokens_monthly: int | None = Field(default=None, ge=0)
-    plan_tokens: int | None = Field(default=None, ge=0)
+    budget_usd_monthly: BudgetUsd | None = None
+    budget_tokens_monthly: Tokens | None = None
+    plan_tokens: Tokens | None = None
 
 
 def key_view(row: ApiKeyRow) -> dict[str, Any]:
