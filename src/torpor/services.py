@@ -14,6 +14,7 @@ from torpor.admission import Admission
 from torpor.asyncreq import AsyncDeps, AsyncRequests
 from torpor.auth import ApiKey, KeyRing, bootstrap_admin
 from torpor.controller import Controller
+from torpor.datadir import prepare_data_dir
 from torpor.gateway.dispatch import Dispatcher
 from torpor.gateway.proxy import ProxyDeps
 from torpor.gpus import GpuPool, detect_devices, parse_declared
@@ -73,7 +74,8 @@ class Services:
 
     async def start(self) -> None:
         s = self.settings
-        s.data_dir.mkdir(parents=True, exist_ok=True)
+        for warning in prepare_data_dir(s.data_dir, s.resolved_database_url):
+            log.warning("%s", warning)
         self._http = aiohttp.ClientSession(
             # One session per loop, pooled; no limit (admission bounds concurrency).
             connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300),
