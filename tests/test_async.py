@@ -70,7 +70,10 @@ def new_key(srv: TorporServer, name: str, deployments: list[str]) -> str:
 
 @pytest.fixture(scope="module")
 def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TorporServer]:
-    server = TorporServer(tmp_path_factory.mktemp("async"), FAST).start()
+    # Webhooks here go to a receiver on loopback: the operator's allowance is needed
+    # (tests/test_webhook_guard.py covers the refusal without it).
+    env = {**FAST, "TORPOR_WEBHOOK_ALLOW_PRIVATE": "1"}
+    server = TorporServer(tmp_path_factory.mktemp("async"), env).start()
     try:
         server.deploy(fake_spec("fake", engine_args="--tokens 5", max_workers=2))
         yield server

@@ -8,7 +8,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
-from urllib.parse import urlsplit
 
 import aiohttp
 
@@ -18,7 +17,13 @@ from torpor.asyncreq.runner import Runner, RunnerPolicy
 from torpor.asyncreq.store import AsyncStore
 from torpor.asyncreq.tables import AsyncRequestRow
 from torpor.asyncreq.views import accepted_view, request_view
-from torpor.asyncreq.webhooks import WebhookPolicy, WebhookSender, aiohttp_poster
+from torpor.asyncreq.webhooks import (
+    HttpPoster,
+    WebhookPolicy,
+    WebhookSender,
+    WebhookUrlGuard,
+    getaddrinfo_resolve,
+)
 from torpor.auth import ApiKey
 from torpor.errors import BadRequest, Conflict, DeploymentUnavailable, Forbidden, NotFound
 from torpor.gateway.dispatch import Dispatcher, UpstreamRequest
@@ -60,9 +65,14 @@ class AsyncRequests:
         self._spec_of = deps.spec_of
         self._now = deps.now
         self.store = AsyncStore(deps.store.engine)
+        # Webhook URLs are checked at submit and again at delivery (the sender's own
+        # session resolves through the same address check).
+        self._webhook_guard = WebhookUrlGuard(
+            getaddrinfo_resolve, s.webhook_allow_private, min(s.webhook_timeout_s, 5.0)
+        )
         self.webhooks = WebhookSender(
             self.store,
-            aiohttp_poster(deps.http, s.webhook_timeout_s),
+            HttpPoster(s.webhook_timeout_s, s.webhook_allow_private),
             deps.now,
             WebhookPolicy(
                 poll_interval_s=s.async_poll_interval_s,
@@ -110,7 +120,9 @@ class AsyncRequests:
         if not spec.async_enabled:
             raise AsyncDisabled(f"Async requests are disabled for deployment {req.deployment!r}")
         if webhook_url is not None:
-            _check_webhook_url(webhook_url)
+            refusal = await self._webhook_guard.refusal(webhook_url)
+            if refusal is not None:
+                raise BadRequest(f"webhook_url: {refusal}")
         now = self._now()
         row = AsyncRequestRow(
             id=new_request_id(),
@@ -194,9 +206,3 @@ class AsyncRequests:
 
     async def webhook_secret(self, key_id: str) -> str:
         return await self.store.webhook_secret(key_id, self._now())
-
-
-def _check_webhook_url(url: str) -> None:
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise BadRequest(f"webhook_url: must be an http or https URL, got {url!r}")

@@ -1,18 +1,28 @@
 """Webhook delivery: POST the final view of an async request to its `webhook_url`, signed
 with HMAC-SHA256 of the body under the submitting key's secret, retried with exponential
-backoff. The delivery state lives in the database, so a restart resumes it."""
+backoff. The delivery state lives in the database, so a restart resumes it.
+
+A URL is checked when submitted (WebhookUrlGuard: its form, and every address its host
+resolves to) and again when delivered: the sender's own session resolves through
+GuardedResolver, so it connects only to addresses that passed `torpor.netguard`, whatever
+DNS answers by then. A failure is recorded as a status class, never as what answered."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
+import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Protocol
 
 import aiohttp
 import orjson
+from aiohttp.abc import AbstractResolver, ResolveResult
+from aiohttp.resolver import DefaultResolver
+from yarl import URL
 
 from torpor import __version__
 from torpor.asyncreq.policy import SIGNATURE_HEADER, WebhookState, backoff_s, sign
@@ -20,6 +30,14 @@ from torpor.asyncreq.store import AsyncStore
 from torpor.asyncreq.tables import AsyncRequestRow
 from torpor.asyncreq.views import request_view
 from torpor.loops import tick_forever
+from torpor.netguard import (
+    IPAddress,
+    Refused,
+    address_refusal,
+    addresses_refusal,
+    as_address,
+    url_target,
+)
 
 log = logging.getLogger(__name__)
 
@@ -42,26 +60,185 @@ class Delivery:
     headers: dict[str, str]
 
 
-# Posts one delivery; returns None on success, else a short reason.
-Poster = Callable[[Delivery], Awaitable[str | None]]
+class Poster(Protocol):
+    """Posts one delivery: None on success, else a status class (see `failure_class`)."""
+
+    async def __call__(self, d: Delivery) -> str | None: ...
+
+    async def close(self) -> None: ...
 
 
-def aiohttp_poster(http: Callable[[], aiohttp.ClientSession], timeout_s: float) -> Poster:
-    timeout = aiohttp.ClientTimeout(total=timeout_s, sock_connect=min(timeout_s, 5.0))
+# Status classes recorded as a delivery's `last_error`: never exception text, host or port,
+# so that the caller who chose the URL learns nothing about what answered there.
+ADDRESS_NOT_ALLOWED = "address not allowed"
+CONNECTION_FAILED = "connection failed"
+TIMED_OUT = "timed out"
+INVALID_URL = "invalid url"
 
-    async def post(d: Delivery) -> str | None:
+
+def status_class(status: int) -> str | None:
+    """None for 2xx, else "HTTP 3xx" (redirects are not followed), "HTTP 4xx", "HTTP 5xx"."""
+    if 200 <= status < 300:
+        return None
+    return f"HTTP {min(max(status // 100, 1), 5)}xx"
+
+
+def failure_class(exc: BaseException) -> str:
+    """The status class of a failed delivery's exception."""
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        if isinstance(cur, AddressNotAllowed):
+            return ADDRESS_NOT_ALLOWED
+        if isinstance(cur, aiohttp.InvalidURL):
+            return INVALID_URL
+        nested = getattr(cur, "os_error", None)
+        cur = nested if isinstance(nested, BaseException) else (cur.__cause__ or cur.__context__)
+    if isinstance(exc, TimeoutError):
+        return TIMED_OUT
+    return CONNECTION_FAILED
+
+
+class AddressNotAllowed(OSError):
+    """A webhook host resolved to an address torpor may not connect to."""
+
+    def __init__(self, reason: str):
+        super().__init__(f"{ADDRESS_NOT_ALLOWED} ({reason})")
+        self.reason = reason
+
+
+class GuardedResolver(AbstractResolver):
+    """Resolves through another resolver and fails when any address it returns is one
+    torpor may not connect to, so the connector only ever connects to checked addresses:
+    a name that resolved to a public address at submit and to a private one now (DNS
+    rebinding) is refused."""
+
+    def __init__(self, inner: AbstractResolver):
+        self._inner = inner
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        results = await self._inner.resolve(host, port, family)
+        reason = addresses_refusal(r["host"] for r in results)
+        if reason is not None:
+            raise AddressNotAllowed(reason)
+        return results
+
+    async def close(self) -> None:
+        await self._inner.close()
+
+
+def delivery_refusal(url: str, allow_private: bool) -> str | None:
+    """Checks made before any connection: the URL's form, and an IP-literal host's address
+    (IP literals never reach the resolver). A status class, or None."""
+    target = url_target(url)
+    if isinstance(target, Refused):
+        return INVALID_URL
+    if allow_private:
+        return None
+    try:
+        host = URL(url).host
+    except (ValueError, TypeError):
+        return INVALID_URL
+    for literal in (target.literal, as_address(host or "")):
+        if literal is not None and address_refusal(literal) is not None:
+            return ADDRESS_NOT_ALLOWED
+    return None
+
+
+class HttpPoster:
+    """Posts deliveries through its own session, made on first use and closed by close().
+    Unless private addresses are allowed its connector resolves through GuardedResolver;
+    redirects are never followed."""
+
+    def __init__(
+        self,
+        timeout_s: float,
+        allow_private: bool,
+        resolver: Callable[[], AbstractResolver] = DefaultResolver,
+    ):
+        self._timeout = aiohttp.ClientTimeout(total=timeout_s, sock_connect=min(timeout_s, 5.0))
+        self._allow_private = allow_private
+        self._resolver = resolver
+        self._session: aiohttp.ClientSession | None = None
+        self._resolver_in_use: AbstractResolver | None = None
+
+    def _http(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            inner = self._resolver()
+            resolver = inner if self._allow_private else GuardedResolver(inner)
+            # The connector does not close a resolver it was given: close() does.
+            self._resolver_in_use = resolver
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(
+                    limit=MAX_CONCURRENT_DELIVERIES, resolver=resolver, use_dns_cache=False
+                ),
+                timeout=self._timeout,
+                trust_env=False,  # never through an environment proxy: it would resolve
+            )
+        return self._session
+
+    async def __call__(self, d: Delivery) -> str | None:
+        refusal = delivery_refusal(d.url, self._allow_private)
+        if refusal is not None:
+            return refusal
         try:
-            async with http().post(
-                d.url, data=d.body, headers=d.headers, timeout=timeout, allow_redirects=False
+            async with self._http().post(
+                d.url, data=d.body, headers=d.headers, allow_redirects=False
             ) as resp:
                 await resp.read()
-                if 200 <= resp.status < 300:
-                    return None
-                return f"HTTP {resp.status}"
+                return status_class(resp.status)
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            return f"{type(exc).__name__}: {exc}"[:500]
+            return failure_class(exc)
 
-    return post
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+        if self._resolver_in_use is not None:
+            await self._resolver_in_use.close()
+            self._resolver_in_use = None
+
+
+# Resolves a host to its addresses (the event loop's getaddrinfo in production).
+Resolve = Callable[[str, int], Awaitable[list[str]]]
+
+
+async def getaddrinfo_resolve(host: str, port: int) -> list[str]:
+    infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    return [str(info[4][0]) for info in infos]
+
+
+class WebhookUrlGuard:
+    """The submit-time check of a webhook URL: its form, then (unless private addresses are
+    allowed) every address its host resolves to. Delivery checks again (GuardedResolver)."""
+
+    def __init__(self, resolve: Resolve, allow_private: bool, timeout_s: float):
+        self._resolve = resolve
+        self._allow_private = allow_private
+        self._timeout_s = timeout_s
+
+    async def refusal(self, url: str) -> str | None:
+        """None when the URL may be used, else a message safe to show its submitter."""
+        target = url_target(url)
+        if isinstance(target, Refused):
+            return target.reason
+        if self._allow_private:
+            return None
+        if target.literal is not None:
+            addresses: list[IPAddress | str] = [target.literal]
+        else:
+            try:
+                async with asyncio.timeout(self._timeout_s):
+                    addresses = list(await self._resolve(target.host, target.port))
+            except (OSError, UnicodeError, ValueError, TimeoutError):
+                return "host does not resolve"
+            if not addresses:
+                return "host does not resolve"
+        reason = addresses_refusal(addresses)
+        return None if reason is None else f"address not allowed ({reason})"
 
 
 def build_delivery(row: AsyncRequestRow, secret: str) -> Delivery:
@@ -105,6 +282,7 @@ class WebhookSender:
             task.cancel()
         if self._tasks:
             await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+        await self._post.close()
 
     def wake(self) -> None:
         self._wake.set()
