@@ -51,7 +51,9 @@ let routeTable: Promise<RegExp[] | null> | null = null;
 
 /** The server's GET routes, from its OpenAPI schema (null when that is unavailable). */
 function routes(): Promise<RegExp[] | null> {
-  routeTable ??= fetch("/openapi.json")
+  // The schema needs a key like every API route; without one there is no table yet.
+  if (getKey() === null) return Promise.resolve(null);
+  routeTable ??= fetch("/openapi.json", { headers: authHeaders() })
     .then((r) => (r.ok ? r.json() : null))
     .then((schema) =>
       schema?.paths
