@@ -26,7 +26,8 @@ def launch(s: DeploymentSpec, model: Path | None = MODEL) -> Any:
 
 
 def test_frameworks() -> None:
-    assert set(FRAMEWORKS) == {"llama.cpp", "vllm", "sglang", "ollama", "embed", "custom"}
+    frameworks = {"llama.cpp", "vllm", "sglang", "ollama", "embed", "custom", "function"}
+    assert set(FRAMEWORKS) == frameworks
 
 
 def test_vllm_command_line() -> None:

@@ -15,6 +15,7 @@ from torpor.asyncreq import AsyncDeps, AsyncRequests
 from torpor.auth import ApiKey, KeyRing, bootstrap_admin
 from torpor.controller import Controller
 from torpor.datadir import prepare_data_dir
+from torpor.functions.builder import ImageBuilder
 from torpor.gateway.dispatch import Dispatcher
 from torpor.gateway.proxy import ProxyDeps
 from torpor.gpus import GpuPool, detect_devices, parse_declared
@@ -62,6 +63,7 @@ class Services:
     async_requests: AsyncRequests = field(init=False)
     metrics: Metrics = field(init=False)
     meter: Meter = field(init=False)
+    images: ImageBuilder = field(init=False)
     _dispatcher: Dispatcher | None = field(default=None, init=False)
     _proxy_deps: ProxyDeps | None = field(default=None, init=False)
     _prices: dict[str, tuple[DeploymentSpec, Prices]] = field(default_factory=dict, init=False)
@@ -87,6 +89,7 @@ class Services:
         await self.keys.load()
         self.generated_admin_key = await bootstrap_admin(self.keys, s.admin_key, s.data_dir)
         self.gpus = GpuPool(parse_declared(s.gpus) if s.gpus else detect_devices())
+        self.images = ImageBuilder(s.data_dir / "images")
         self.admission = Admission(time.monotonic, self._on_demand)
         self.metrics = Metrics()
         self.meter = Meter(

@@ -5,6 +5,7 @@ from __future__ import annotations
 from torpor.engines.base import Engine, EngineLaunch
 from torpor.engines.custom import CustomEngine
 from torpor.engines.embed import EmbedEngine
+from torpor.engines.function import FunctionEngine
 from torpor.engines.llamacpp import LlamaCppEngine
 from torpor.engines.ollama import OllamaEngine
 from torpor.engines.sglang import SglangEngine
@@ -17,6 +18,7 @@ FRAMEWORKS: dict[str, Engine] = {
     OllamaEngine.name: OllamaEngine(),
     EmbedEngine.name: EmbedEngine(),
     CustomEngine.name: CustomEngine(),
+    FunctionEngine.name: FunctionEngine(),
 }
 
 

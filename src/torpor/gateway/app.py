@@ -17,7 +17,7 @@ from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
 from torpor import __version__
-from torpor.api import async_requests, conversations, deployments, gpus, keys, usage
+from torpor.api import async_requests, conversations, deployments, gpus, images, keys, usage
 from torpor.console import mount_console
 from torpor.errors import (
     InvalidSpec,
@@ -35,7 +35,7 @@ from torpor.validation import format_errors
 
 log = logging.getLogger(__name__)
 
-_PROXY_PREFIXES = ("/v1/", "/openai/")
+_PROXY_PREFIXES = ("/v1/", "/openai/", "/functions/")
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 # Under /v1 but served by FastAPI: async request status and cancel.
 _API_UNDER_V1 = ("/v1/requests/",)
@@ -149,6 +149,7 @@ def create_app(settings: Settings) -> TorporApp:
     api.include_router(conversations.router)
     api.include_router(async_requests.router)
     api.include_router(usage.router)
+    api.include_router(images.router)
 
     @api.get("/healthz", tags=["health"])
     async def healthz() -> dict[str, Any]:

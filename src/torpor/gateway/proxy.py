@@ -29,6 +29,8 @@ from torpor.errors import (
     error_body,
     sse_error_event,
 )
+from torpor.functions.routes import PREFIX as FUNCTIONS_PREFIX
+from torpor.functions.routes import split_function_path
 from torpor.gateway.dispatch import Dispatcher, UpstreamRequest
 from torpor.paths import check_route
 
@@ -242,12 +244,22 @@ def _header(headers: dict[bytes, bytes], name: bytes) -> str | None:
 
 def _split_path(path: str) -> tuple[str | None, str]:
     """(deployment from the path or None, the engine path starting with /v1)."""
+    if path.startswith(FUNCTIONS_PREFIX):  # /functions/{app}/{name}[/{method}]
+        return _function_target(path)
     if path.startswith("/openai/"):
         name, sep, rest = path[len("/openai/") :].partition("/")
         if not name or not sep or not (rest == "v1" or rest.startswith("v1/")):
             raise NotFound(f"Unknown route {path}; expected /openai/<deployment>/v1/...")
         return name, "/" + rest
     return None, path
+
+
+def _function_target(path: str) -> tuple[str, str]:
+    """A function call: its deployment and the function server's path (torpor.functions)."""
+    target = split_function_path(path)
+    if target is None:
+        raise NotFound(f"Unknown route {path}; expected /functions/<app>/<name>[/<method>]")
+    return target
 
 
 def _parse_json(body: bytes) -> dict[str, Any]:

@@ -1,0 +1,179 @@
+"""Images on the local runtime: one virtual environment per image definition, built once
+under `<data_dir>/images/<image id>/` and reused by every worker and deploy.
+
+With `uv` on PATH it creates the environment and installs packages (fast); otherwise
+`python -m venv` and pip (the server's own pip, pointed at the new environment). A build
+holds a file lock, so several torpor processes sharing a data dir build an image once; a
+marker file written last tells a finished image from an interrupted build, which is
+removed and built again. A `.pth` file makes torpor's function server importable in the
+image, after the image's own packages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import json
+import os
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import torpor
+from torpor.functions.image import Image
+
+MARKER = ".torpor-image.json"
+PTH_NAME = "_torpor_function_server.pth"
+
+Log = Callable[[str], None]
+
+
+class BuildError(Exception):
+    """An image could not be built: the message names the step and its last output."""
+
+
+@dataclass(frozen=True)
+class BuiltImage:
+    id: str
+    python: str
+    built: bool
+    seconds: float
+
+    def view(self) -> dict[str, Any]:
+        return {"id": self.id, "python": self.python, "built": self.built, "seconds": self.seconds}
+
+
+def torpor_root() -> Path:
+    """The directory holding the `torpor` package, put on the image's path."""
+    return Path(torpor.__file__).resolve().parent.parent
+
+
+def find_interpreter(version: str) -> str | None:
+    """A Python `version` interpreter on this host (the server's own when it matches)."""
+    base = getattr(sys, "_base_executable", sys.executable)
+    if f"{sys.version_info.major}.{sys.version_info.minor}" == version:
+        return str(base)
+    return shutil.which(f"python{version}")
+
+
+class ImageBuilder:
+    def __init__(self, root: Path, installer: str | None = None):
+        self.root = root
+        # "uv" or "pip"; by default uv when it is on PATH.
+        self.installer = installer or ("uv" if shutil.which("uv") else "pip")
+
+    def path(self, image_id: str) -> Path:
+        return self.root / image_id
+
+    def python_of(self, image_id: str) -> Path:
+        return self.path(image_id) / "bin" / "python"
+
+    def cached(self, image: Image) -> BuiltImage | None:
+        """The image when it is built (nothing to do), else None."""
+        marker = self.path(image.id) / MARKER
+        if not marker.is_file():
+            return None
+        self._link_torpor(self.path(image.id))
+        return BuiltImage(image.id, str(self.python_of(image.id)), False, 0.0)
+
+    async def build(self, definition: dict[str, Any], log: Log) -> BuiltImage:
+        image = Image.from_definition(definition)  # ValueError for a bad definition
+        found = self.cached(image)
+        if found is not None:
+            log(f"image {image.id} is built already")
+            return found
+        self.root.mkdir(parents=True, exist_ok=True)
+        lock_path = self.root / f".{image.id}.lock"
+        with lock_path.open("w") as lock:
+            await asyncio.to_thread(fcntl.flock, lock, fcntl.LOCK_EX)
+            found = self.cached(image)  # built by another process meanwhile
+            if found is not None:
+                return found
+            started = time.monotonic()
+            try:
+                await self._build(image, log)
+            except BaseException:
+                await asyncio.to_thread(shutil.rmtree, self.path(image.id), True)
+                raise
+            seconds = round(time.monotonic() - started, 3)
+            log(f"image {image.id} built in {seconds:.1f}s")
+            return BuiltImage(image.id, str(self.python_of(image.id)), True, seconds)
+
+    async def _build(self, image: Image, log: Log) -> None:
+        dest = self.path(image.id)
+        await asyncio.to_thread(shutil.rmtree, dest, True)  # an interrupted build
+        if image.base:
+            log(
+                f"base {image.base}: no container runtime builds images here; building a "
+                f"virtual environment of Python {image.python_version} instead"
+            )
+        python = str(dest / "bin" / "python")
+        if self.installer == "uv":
+            await self._run(["uv", "venv", "--python", image.python_version, str(dest)], log)
+            if image.packages:
+                install = ["uv", "pip", "install", "--python", python, *image.packages]
+                await self._run(install, log)
+        else:
+            interpreter = find_interpreter(image.python_version)
+            if interpreter is None:
+                raise BuildError(
+                    f"Python {image.python_version} is not on this host: install it (or uv)"
+                )
+            await self._run([interpreter, "-m", "venv", "--without-pip", str(dest)], log)
+            if image.packages:
+                pip = [sys.executable, "-m", "pip", "--python", python, "install"]
+                await self._run([*pip, "--progress-bar", "off", *image.packages], log)
+        env = {
+            **os.environ,
+            **dict(image.environment),
+            "VIRTUAL_ENV": str(dest),
+            "PATH": f"{dest / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}",
+        }
+        for command in image.commands:
+            await self._run(["/bin/sh", "-c", command], log, env)
+        self._link_torpor(dest)
+        marker = {
+            "id": image.id,
+            "definition": image.definition(),
+            "installer": self.installer,
+            "built_at": datetime.now(UTC).isoformat(),
+        }
+        (dest / MARKER).write_text(json.dumps(marker, indent=2))
+
+    def _link_torpor(self, dest: Path) -> None:
+        """(Re)write the .pth that appends torpor's directory to the image's sys.path."""
+        root = str(torpor_root())
+        for site in dest.glob("lib/python*/site-packages"):
+            pth = site / PTH_NAME
+            if not pth.is_file() or pth.read_text().strip() != root:
+                pth.write_text(root + "\n")
+
+    async def _run(self, argv: list[str], log: Log, env: dict[str, str] | None = None) -> None:
+        log("$ " + " ".join(argv))
+        proc = await asyncio.create_subprocess_exec(
+            *argv,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            env=env,
+        )
+        assert proc.stdout is not None
+        tail: list[str] = []
+        try:
+            async for raw in proc.stdout:
+                line = raw.decode(errors="replace").rstrip()
+                tail = [*tail[-19:], line]
+                log(line)
+            code = await proc.wait()
+        except BaseException:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+            raise
+        if code != 0:
+            raise BuildError(f"`{' '.join(argv)}` exited with {code}: " + " | ".join(tail[-5:]))

@@ -1,0 +1,52 @@
+"""How functions are named and reached: `POST /functions/{app}/{name}[/{method}]` on the
+gateway goes to the deployment `{app}-{name}` and to `/call[/{method}]` on its workers.
+
+Pure and dependency-free: the gateway, the SDK and the worker all use it.
+"""
+
+from __future__ import annotations
+
+import re
+
+PREFIX = "/functions/"
+CALL_PATH = "/call"
+# What a function server serves to callers (the engine's `routes`).
+CALL_ROUTES = frozenset({CALL_PATH, CALL_PATH + "/*"})
+HEALTH_PATH = "/health"
+
+_SLUG_RE = re.compile(r"[^a-z0-9-]+")
+
+
+def slug(name: str) -> str:
+    """A Python or app name as a piece of a deployment name: `Predict_Text` → `predict-text`."""
+    return _SLUG_RE.sub("-", name.lower().replace("_", "-")).strip("-")
+
+
+def deployment_name(app: str, name: str) -> str:
+    """The deployment that serves function (or class) `name` of app `app`."""
+    return f"{slug(app)}-{slug(name)}"
+
+
+def function_path(app: str, name: str, method: str | None = None) -> str:
+    """The gateway path that calls a function, or a method of a class."""
+    path = f"{PREFIX}{slug(app)}/{slug(name)}"
+    return f"{path}/{method}" if method else path
+
+
+def upstream_path(method: str | None) -> str:
+    return f"{CALL_PATH}/{method}" if method else CALL_PATH
+
+
+def split_function_path(path: str) -> tuple[str, str] | None:
+    """`/functions/{app}/{name}[/{method}]` → (deployment, worker path); None when `path`
+    is not of that shape (the caller answers 404)."""
+    if not path.startswith(PREFIX):
+        return None
+    parts = path[len(PREFIX) :].split("/")
+    if len(parts) not in (2, 3) or not all(parts):
+        return None
+    app, name = parts[0], parts[1]
+    method = parts[2] if len(parts) == 3 else None
+    if method is not None and not method.isidentifier():
+        return None
+    return deployment_name(app, name), upstream_path(method)
