@@ -1,0 +1,193 @@
+"""Functions deployed from Python (torpor.App) against a real `torpor serve`, on the CPU:
+an app file written by the test, its image a virtual environment built by the server."""
+
+from __future__ import annotations
+
+import sys
+import textwrap
+import time
+from collections.abc import Callable
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import TorporServer
+from torpor.functions.builder import MARKER
+from torpor.functions.loader import apps_in, load_module
+from torpor.sdk import Client, FunctionError, PermissionDeniedError
+
+# Tiny pure-Python packages from the package registry (pip caches them).
+APP_SOURCE = """
+import os
+
+import torpor
+
+app = torpor.App("demo")
+image = torpor.Image.python().pip_install({packages})
+
+ENTERED = []
+
+
+@app.function(image=image, max_workers=2, concurrency=1, idle_timeout_s=1)
+def predict(text: str, upper: bool = False) -> dict:
+    import six  # from the image, not from torpor's environment
+
+    return {{"text": text.upper() if upper else text, "pid": os.getpid(), "six": six.__name__}}
+
+
+@app.function(image=image)
+def explode(n: int) -> int:
+    return helper_that_fails(n)
+
+
+def helper_that_fails(n: int) -> int:
+    raise ValueError(f"cannot handle {{n}}")
+
+
+@app.cls(image=image, max_workers=1)
+class Model:
+    @torpor.enter()
+    def load(self) -> None:
+        ENTERED.append(os.getpid())
+
+    @torpor.method()
+    def generate(self, prompt: str) -> dict:
+        return {{"out": prompt[::-1], "entered": len(ENTERED), "pid": os.getpid()}}
+"""
+
+
+def write_app(directory: Path, packages: list[str], name: str = "demo_app") -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{name}.py"
+    quoted = ", ".join(repr(p) for p in packages)
+    path.write_text(textwrap.dedent(APP_SOURCE.format(packages=quoted)))
+    return path
+
+
+def load(path: Path) -> ModuleType:
+    sys.modules.pop(path.stem, None)
+    return load_module(path)
+
+
+def images_built(server: TorporServer) -> set[str]:
+    root = server.data_dir / "images"
+    return {p.name for p in root.iterdir() if (p / MARKER).is_file()} if root.exists() else set()
+
+
+def wait(check: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def test_app_deploy_call_map_spawn_cls_errors_and_image_cache(
+    server: TorporServer, tmp_path: Path
+) -> None:
+    module = load(write_app(tmp_path / "v1", ["six"]))
+    (app,) = apps_in(module)
+    client = Client(server.url, server.admin_key)
+    logs: list[str] = []
+
+    started = time.monotonic()
+    deployments = app.deploy(client, on_log=logs.append)
+    first_s = time.monotonic() - started
+    assert {d.name for d in deployments} == {"demo-predict", "demo-explode", "demo-model"}
+    assert any("built in" in line for line in logs), logs  # progress reached the caller
+    assert len(images_built(server)) == 1
+
+    # A cold start from zero, held for the call.
+    assert client.get_deployment("demo-predict").ready_workers == 0
+    assert module.predict.remote("hi", upper=True)["text"] == "HI"
+
+    # 20 inputs across 2 workers (concurrency 1, max_workers 2).
+    results = module.predict.map([f"x{i}" for i in range(20)])
+    assert [r["text"] for r in results] == [f"x{i}" for i in range(20)]
+    assert all(r["six"] == "six" for r in results)
+    assert len({r["pid"] for r in results}) == 2
+
+    call = module.predict.spawn("later")
+    assert call.id.startswith("req_")
+    assert call.get(timeout=60)["text"] == "later"
+
+    # @app.cls: enter runs once per worker, before the first call.
+    model = module.Model()
+    outs = [model.generate.remote(p) for p in ("abc", "de", "f")]
+    assert [o["out"] for o in outs] == ["cba", "ed", "f"]
+    assert {o["entered"] for o in outs} == {1}
+    assert len({o["pid"] for o in outs}) == 1
+
+    # A user exception: typed, with the remote traceback.
+    with pytest.raises(FunctionError) as err:
+        module.explode.remote(7)
+    assert err.value.remote_type == "ValueError"
+    assert "cannot handle 7" in err.value.message
+    assert "helper_that_fails" in err.value.remote_traceback
+    assert "Traceback (most recent call last)" in err.value.remote_traceback
+
+    # Metered: one usage event per call, with its duration.
+    usage = client.usage_summary("1h", "demo-predict")
+    assert usage.requests >= 22
+    assert usage.avg_latency_ms > 0
+
+    # Scale to zero after idle_timeout_s (1 s).
+    wait(
+        lambda: client.get_deployment("demo-predict").ready_workers == 0,
+        30,
+        "demo-predict to scale to zero",
+    )
+
+    # The unchanged app again: nothing is built, and the deploy is quick.
+    logs.clear()
+    started = time.monotonic()
+    app.deploy(client, on_log=logs.append)
+    second_s = time.monotonic() - started
+    assert not any("built in" in line for line in logs), logs
+    assert len(images_built(server)) == 1
+    assert second_s < 0.1 * first_s, (first_s, second_s)
+
+    # A changed pip_install list is another image, built once.
+    changed = load(write_app(tmp_path / "v2", ["six", "idna"]))
+    (app2,) = apps_in(changed)
+    logs.clear()
+    app2.deploy(client, on_log=logs.append)
+    assert any("built in" in line for line in logs), logs
+    assert len(images_built(server)) == 2
+    assert changed.predict.remote("again")["text"] == "again"
+    client.close()
+
+
+def test_json_call_over_plain_http_with_scoped_keys(server: TorporServer, tmp_path: Path) -> None:
+    module = load(write_app(tmp_path, ["six"], name="scoped_app"))
+    (app,) = apps_in(module)
+    with Client(server.url, server.admin_key) as admin:
+        app.deploy(admin, on_log=None)
+        mine = admin.create_key("caller", deployments=["demo-predict"]).key
+        other = admin.create_key("other", deployments=["demo-model"]).key
+
+    def post(key: str, path: str, body: Any) -> httpx.Response:
+        with httpx.Client(base_url=server.url, timeout=60) as c:
+            return c.post(path, json=body, headers={"Authorization": f"Bearer {key}"})
+
+    r = post(mine, "/functions/demo/predict", {"args": ["plain"], "kwargs": {"upper": True}})
+    assert r.status_code == 200, r.text
+    assert r.json()["result"]["text"] == "PLAIN"
+
+    r = post(other, "/functions/demo/predict", {"args": ["x"]})
+    assert r.status_code == 403, r.text
+    assert r.json()["error"]["code"] == "forbidden"
+    with Client(server.url, other) as c, pytest.raises(PermissionDeniedError):
+        c.call_function("demo", "predict", ["x"])
+
+    # The class's method through its own path; a bad body is the caller's error.
+    r = post(other, "/functions/demo/Model/generate", {"kwargs": {"prompt": "ab"}})
+    assert r.status_code == 200, r.text
+    assert r.json()["result"]["out"] == "ba"
+    r = post(mine, "/functions/demo/predict", {"args": "not-a-list"})
+    assert r.status_code == 400
+    assert r.json()["error"]["code"] == "bad_request"
+    assert post(mine, "/functions/demo", {}).status_code == 404
