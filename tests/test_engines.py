@@ -145,8 +145,10 @@ def test_custom_container_image(monkeypatch: pytest.MonkeyPatch) -> None:
     got = launch(s, Path("/data/m"))
     assert got.argv == (
         "/usr/bin/docker", "run", "--rm", "--init", "--network", "host",
-        "-e", "API_TOKEN", "-e", "CUDA_VISIBLE_DEVICES", "-e", "FURIOSA_DEVICES",
-        "--gpus", "all", "-v", "/data/m:/model:ro", "ghcr.io/acme/srv:1",
+        "--name", "torpor-{worker_id}", "--label", "torpor.worker={worker_id}",
+        "--label", "torpor.instance={instance}", "--gpus", "device={gpu_ids}",
+        "-e", "API_TOKEN", "-e", "FURIOSA_DEVICES", "-e", "PYTHONUNBUFFERED",
+        "-e", "TORPOR_WORKER_ID", "-v", "/data/m:/model:ro", "ghcr.io/acme/srv:1",
         "serve", "--model", "/model", "--port", "{port}",
     )  # fmt: skip
 

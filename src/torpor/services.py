@@ -24,6 +24,7 @@ from torpor.metering.meter import Meter
 from torpor.metering.metrics import Metrics
 from torpor.metering.pricing import Prices
 from torpor.models import BUNDLED_MODEL
+from torpor.runtime.containers import instance_id
 from torpor.runtime.local import LocalRuntime
 from torpor.settings import Settings
 from torpor.spec import DeploymentPrices, DeploymentSpec
@@ -106,7 +107,7 @@ class Services:
         self.controller = Controller(
             s,
             self.store,
-            LocalRuntime(self.http),
+            LocalRuntime(self.http, instance=instance_id(s.data_dir)),
             self.admission,
             self.gpus,
             time.monotonic,

@@ -2,32 +2,29 @@
 
 With `image`, the command runs in a container (docker or podman, whichever is on PATH) on
 the host's network, so `{port}` and `health_path` mean the same; the model directory is
-mounted read-only at /model and `{model}` names it there.
+mounted read-only at /model and `{model}` names it there. The container is named after the
+worker and labelled (see `torpor.runtime.containers`), sees only the worker's GPUs, and gets
+the spec's env by name, never the rest of torpor's environment.
 """
 
 from __future__ import annotations
 
 import shlex
-import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from torpor.engines.base import EngineLaunch, check_str, refuse_unknown_options
+from torpor.gpus import FURIOSA, NVIDIA, VISIBLE_DEVICES_ENV
+from torpor.runtime.containers import GPU_IDS, container_runtime, run_options
+from torpor.runtime.workerenv import DEFAULTS, WORKER_ID_ENV, reserved
 
 if TYPE_CHECKING:
     from torpor.spec import DeploymentSpec
 
 _OPTIONS = {"command", "health_path", "port", "image"}
-CONTAINER_RUNTIMES = ("docker", "podman")
 CONTAINER_MODEL_DIR = "/model"
-
-
-def container_runtime() -> str | None:
-    for name in CONTAINER_RUNTIMES:
-        exe = shutil.which(name)
-        if exe:
-            return exe
-    return None
+CUDA_ENV = VISIBLE_DEVICES_ENV[NVIDIA]
+FURIOSA_ENV = VISIBLE_DEVICES_ENV[FURIOSA]
 
 
 class CustomEngine:
@@ -82,12 +79,20 @@ class CustomEngine:
             argv = tuple(shlex.split(command)) + tuple(spec.framework_args)
             return EngineLaunch(argv, health_path=health, fixed_port=fixed, served_model=spec.name)
         runtime = container_runtime() or "docker"
-        run = [runtime, "run", "--rm", "--init", "--network", "host"]
-        # Worker env (spec env, devices) is passed by name from the runtime's environment.
-        for key in sorted({*spec.env, "CUDA_VISIBLE_DEVICES", "FURIOSA_DEVICES"}):
+        run = [runtime, "run", *run_options()]
+        # The container gets these variables by name from the environment of the command
+        # line, which the runtime builds (allowlisted host variables, spec env, devices).
+        names = {*spec.env, WORKER_ID_ENV, *DEFAULTS, FURIOSA_ENV}
+        if spec.gpus and spec.accelerator == NVIDIA:
+            # Only the worker's devices. Inside they are numbered from 0, so the worker's
+            # CUDA_VISIBLE_DEVICES (host numbering) must not follow them in.
+            run += ["--gpus", f"device={GPU_IDS}"]
+        else:
+            # No GPU: hidden even where the default container runtime is nvidia's.
+            names.add(CUDA_ENV)
+            run += ["-e", "NVIDIA_VISIBLE_DEVICES=void"]
+        for key in sorted(n for n in names if not reserved(n) or n == WORKER_ID_ENV):
             run += ["-e", key]
-        if spec.gpus and spec.accelerator == "nvidia.com/gpu":
-            run += ["--gpus", "all"]
         if model_path is not None:
             run += ["-v", f"{model_path}:{CONTAINER_MODEL_DIR}:ro"]
             command = command.replace("{model}", CONTAINER_MODEL_DIR)

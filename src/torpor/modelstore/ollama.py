@@ -16,6 +16,7 @@ import aiohttp
 from torpor.models import ModelError
 from torpor.modelstore.hub import limit_message
 from torpor.modelstore.progress import DownloadProgress, tree_size
+from torpor.runtime.workerenv import worker_env
 
 _START_TIMEOUT_S = 30.0
 
@@ -35,7 +36,9 @@ async def ollama_pull(
         raise ModelError("framework ollama needs the `ollama` command on PATH")
     port = _free_port()
     base = f"http://127.0.0.1:{port}"
-    env = {**os.environ, "OLLAMA_HOST": f"127.0.0.1:{port}", "OLLAMA_MODELS": str(models_dir)}
+    # Allowlisted like a worker's (proxies, CA bundles, HOME for its key): not torpor's own.
+    own = {"OLLAMA_HOST": f"127.0.0.1:{port}", "OLLAMA_MODELS": str(models_dir)}
+    env = worker_env(os.environ, own, {}, None).env
     proc = await asyncio.create_subprocess_exec(
         exe, "serve", env=env, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL
     )

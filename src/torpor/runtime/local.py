@@ -1,4 +1,9 @@
-"""Local runtime: each worker is a child process on a free loopback port."""
+"""Local runtime: each worker is a child process on a free loopback port.
+
+A worker gets an allowlisted environment (see `workerenv`), never torpor's own. A worker
+that runs a container (see `containers`) is also removed by its container's name when it
+stops, and containers left by an earlier run of torpor are removed by label.
+"""
 
 from __future__ import annotations
 
@@ -10,16 +15,26 @@ import os
 import signal
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import aiohttp
 import psutil
 
+from torpor.gpus import NVIDIA, VISIBLE_DEVICES_ENV
 from torpor.runtime.base import LaunchSpec, ProbeResult, WorkerHandle
+from torpor.runtime.containers import (
+    GPU_IDS,
+    INSTANCE,
+    WORKER_ID,
+    ContainerCli,
+    container_name,
+    container_runtime,
+    is_container_launch,
+)
+from torpor.runtime.workerenv import WORKER_ID_ENV, worker_env
 
 log = logging.getLogger(__name__)
 
-WORKER_ID_ENV = "TORPOR_WORKER_ID"
 _PR_SET_PDEATHSIG = 1
 
 
@@ -35,8 +50,10 @@ def _die_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
-def _substitute(value: str, host: str, port: int) -> str:
-    return value.replace("{port}", str(port)).replace("{host}", host)
+def _substitute(value: str, values: Mapping[str, str]) -> str:
+    for placeholder, filled in values.items():
+        value = value.replace(placeholder, filled)
+    return value
 
 
 class LocalRuntime:
@@ -45,22 +62,55 @@ class LocalRuntime:
         http: Callable[[], aiohttp.ClientSession],
         host: str = "127.0.0.1",
         probe_timeout_s: float = 1.0,
+        *,
+        instance: str | None = None,
+        host_env: Mapping[str, str] | None = None,
     ):
+        """`instance` labels this torpor's containers (`containers.instance_id` of the
+        data dir); without it, containers of an earlier run are not looked for.
+        `host_env` is the environment workers' allowlisted variables come from."""
         self._http = http
         self._host = host
         self._probe_timeout = aiohttp.ClientTimeout(total=probe_timeout_s)
+        self._instance = instance
+        self._host_env = os.environ if host_env is None else host_env
         self._procs: dict[str, asyncio.subprocess.Process] = {}
+        # Container workers: worker id -> the command line that removes its container.
+        self._containers: dict[str, ContainerCli] = {}
+        self._sweep: asyncio.Task[set[str]] | None = None
 
     async def start(self, launch: LaunchSpec) -> WorkerHandle:
         port = launch.fixed_port or free_port(self._host)
-        argv = [_substitute(a, self._host, port) for a in launch.argv]
-        env = dict(os.environ)
-        env.update({k: _substitute(v, self._host, port) for k, v in launch.env.items()})
-        env.update(launch.device_env)
-        env[WORKER_ID_ENV] = launch.worker_id
-        env.setdefault("PYTHONUNBUFFERED", "1")
+        container = is_container_launch(launch.argv)
+        values = {
+            "{port}": str(port),
+            "{host}": self._host,
+            WORKER_ID: launch.worker_id,
+            INSTANCE: self._instance or "",
+            GPU_IDS: launch.device_env.get(VISIBLE_DEVICES_ENV[NVIDIA], ""),
+        }
+        argv = [_substitute(a, values) for a in launch.argv]
+        built = worker_env(
+            self._host_env,
+            {k: _substitute(v, values) for k, v in launch.env.items()},
+            launch.device_env,
+            launch.worker_id,
+            container_cli=container,
+        )
+        if container:
+            self._containers[launch.worker_id] = ContainerCli(argv[0], self._host_env)
+            # Containers of an earlier run go first: they may hold this worker's GPUs.
+            await self._sweep_containers(argv[0])
         launch.log_path.parent.mkdir(parents=True, exist_ok=True)
         with launch.log_path.open("ab") as logf:
+            if built.refused:
+                names = ", ".join(built.refused)
+                log.warning(
+                    "worker %s: env %s not passed (TORPOR_* is torpor's)", launch.worker_id, names
+                )
+                logf.write(
+                    f"torpor: not passed to the worker (TORPOR_* is torpor's): {names}\n".encode()
+                )
             logf.write(f"torpor: starting worker: {' '.join(argv)}\n".encode())
             logf.flush()
             try:
@@ -69,7 +119,7 @@ class LocalRuntime:
                     stdin=asyncio.subprocess.DEVNULL,
                     stdout=logf,
                     stderr=asyncio.subprocess.STDOUT,
-                    env=env,
+                    env=built.env,
                     cwd=launch.cwd,
                     # Own process group: stop() signals the whole tree (shell wrappers too),
                     # and a Ctrl-C on torpor's terminal does not hit workers before torpor
@@ -79,6 +129,7 @@ class LocalRuntime:
                 )
             except OSError as exc:
                 logf.write(f"torpor: cannot start worker: {exc}\n".encode())
+                self._containers.pop(launch.worker_id, None)
                 raise
         self._procs[launch.worker_id] = proc
         try:
@@ -116,9 +167,10 @@ class LocalRuntime:
 
     async def stop(self, handle: WorkerHandle, grace_s: float) -> int | None:
         proc = self._procs.get(handle.worker_id)
-        if proc is None:
-            return None
+        cli = self._containers.pop(handle.worker_id, None)
         try:
+            if proc is None:
+                return None
             if proc.returncode is None:
                 _signal_group(proc.pid, signal.SIGTERM)
                 try:
@@ -134,8 +186,41 @@ class LocalRuntime:
             return proc.returncode
         finally:
             self._procs.pop(handle.worker_id, None)
+            if cli is not None:
+                # The container outlives its command line when that was killed: remove it.
+                await cli.remove([container_name(handle.worker_id)])
 
     async def stop_orphan(self, worker_id: str, pid: int, create_time: float) -> bool:
+        stopped = await self._stop_orphan_process(worker_id, pid, create_time)
+        exe = container_runtime()
+        removed = await self._sweep_containers(exe) if exe is not None else set()
+        return stopped or container_name(worker_id) in removed
+
+    def _sweep_containers(self, exe: str) -> asyncio.Future[set[str]]:
+        """Once per runtime: remove the containers of this instance that no worker of this
+        runtime runs (left by an earlier run). Resolves to the names removed."""
+        if self._sweep is None:
+            self._sweep = asyncio.create_task(
+                self._remove_untracked(ContainerCli(exe, self._host_env))
+            )
+        return self._sweep
+
+    async def _remove_untracked(self, cli: ContainerCli) -> set[str]:
+        if self._instance is None:
+            return set()
+        names = await cli.names(self._instance)
+        if not names:
+            return set()
+        ours = {container_name(w) for w in self._containers}
+        stale = sorted(set(names) - ours)
+        if stale:
+            log.warning(
+                "removing %d container(s) left by an earlier run: %s", len(stale), ", ".join(stale)
+            )
+            await cli.remove(stale)
+        return set(stale)
+
+    async def _stop_orphan_process(self, worker_id: str, pid: int, create_time: float) -> bool:
         try:
             proc = psutil.Process(pid)
             same = abs(proc.create_time() - create_time) < 1.0
