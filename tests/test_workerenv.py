@@ -3,11 +3,18 @@ engine's and the device variables, its id; never torpor's own settings."""
 
 from __future__ import annotations
 
+import json
+import os
+import sys
 from collections.abc import Callable
+from pathlib import Path
 
 import psutil
+import pytest
 
 from tests.conftest import ADMIN_KEY, TorporServer, fake_spec
+from torpor.modelstore.ollama import ollama_pull
+from torpor.modelstore.progress import DownloadProgress
 from torpor.runtime.workerenv import WORKER_ID_ENV, worker_env
 
 HOST = {
@@ -129,3 +136,57 @@ def test_a_real_worker_gets_none_of_torpors_environment(
     assert env["LC_ALL"] == "C.UTF-8"
     assert env[WORKER_ID_ENV] == worker["id"]
     assert env["CUDA_VISIBLE_DEVICES"] == ""  # a CPU worker sees no accelerator
+
+
+FAKE_OLLAMA = r'''#!{python}
+"""Test double of `ollama serve` (no ollama here): records its environment, answers a pull."""
+import json, os, sys
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+with open({record!r}, "w") as f:
+    json.dump(dict(os.environ), f)
+
+
+class Handler(BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.answer(b'{{"version": "0.0.0"}}')
+
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        self.answer(b'{{"status": "success"}}\n')
+
+    def answer(self, body):
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+host, _, port = os.environ["OLLAMA_HOST"].rpartition(":")
+ThreadingHTTPServer((host, int(port)), Handler).serve_forever()
+'''
+
+
+async def test_the_ollama_of_a_pull_gets_none_of_torpors_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    record = tmp_path / "ollama-env.json"
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    exe = bin_dir / "ollama"
+    exe.write_text(FAKE_OLLAMA.format(python=sys.executable, record=str(record)))
+    exe.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("TORPOR_ADMIN_KEY", ADMIN_KEY)
+    monkeypatch.setenv("OPERATOR_SECRET", "op-secret-2")
+    models = tmp_path / "models"
+    models.mkdir()
+
+    await ollama_pull("llama3.2:1b", models, "served", DownloadProgress("ollama"), 10**9)
+
+    env = json.loads(record.read_text())
+    assert env["OLLAMA_MODELS"] == str(models)
+    assert env["OLLAMA_HOST"].startswith("127.0.0.1:")
+    assert env["PATH"] == os.environ["PATH"]
+    assert "TORPOR_ADMIN_KEY" not in env and "OPERATOR_SECRET" not in env
+    assert ADMIN_KEY not in env.values()
