@@ -1,0 +1,77 @@
+"""Commands for API keys and accelerators: keys create|ls|revoke, gpus."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from rich.text import Text
+
+from torpor.cli.common import _api, _table, app, console, err_console, keys_app
+
+
+@keys_app.command("create")
+def keys_create(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="A label for the key.")],
+    deployment: Annotated[
+        list[str] | None,
+        typer.Option("--deployment", help="Limit the key to this deployment (repeatable)."),
+    ] = None,
+    admin: Annotated[
+        bool, typer.Option("--admin", help="May manage deployments and keys.")
+    ] = False,
+) -> None:
+    """Create an API key; the secret is printed once."""
+    with _api(ctx) as client:
+        key = client.create_key(name, deployments=deployment or None, admin=admin)
+    scope = "admin" if key.admin else ", ".join(key.deployments or []) or "all"
+    err_console.print(Text(f"created key {key.name} (id {key.id}, scope: {scope})"))
+    # The secret alone on stdout, so `KEY=$(torpor keys create x)` works.
+    print(key.key)
+    err_console.print(Text("Store this key now: it will not be shown again.", style="yellow"))
+
+
+@keys_app.command("ls")
+def keys_ls(ctx: typer.Context) -> None:
+    """List API keys (secrets are never shown)."""
+    with _api(ctx) as client:
+        items = client.list_keys()
+    rows = [
+        [k.id, k.name, k.prefix, "all" if k.deployments is None else ", ".join(k.deployments),
+         "yes" if k.admin else "no", k.created_at, k.revoked_at]
+        for k in items
+    ]  # fmt: skip
+    columns = ("ID", "NAME", "PREFIX", "DEPLOYMENTS", "ADMIN", "CREATED", "REVOKED")
+    _table(columns, rows, "no keys", wrap="DEPLOYMENTS")
+
+
+@keys_app.command("revoke")
+def keys_revoke(
+    ctx: typer.Context,
+    key_id: Annotated[str, typer.Argument(metavar="ID", help="Key id.")],
+) -> None:
+    """Revoke an API key."""
+    with _api(ctx) as client:
+        client.revoke_key(key_id)
+    console.print(Text(f"revoked key {key_id}"))
+
+
+@app.command("gpus")
+def list_gpus(ctx: typer.Context) -> None:
+    """Accelerators: type, memory and the worker that holds each."""
+    with _api(ctx) as client:
+        devices = client.gpus()
+    rows = [
+        [
+            d.kind,
+            d.index,
+            d.type,
+            f"{d.memory_mb // 1024} GiB" if d.memory_mb else None,
+            d.deployment,
+            d.worker,
+        ]
+        for d in devices
+    ]
+    columns = ("KIND", "INDEX", "TYPE", "MEMORY", "DEPLOYMENT", "WORKER")
+    _table(columns, rows, "no accelerators (declare some with TORPOR_GPUS, e.g. 4xA100-80GB)")
