@@ -13,7 +13,7 @@ import shlex
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from torpor.engines.base import EngineLaunch, check_str, refuse_unknown_options
+from torpor.engines.base import OPENAI_ROUTES, EngineLaunch, check_str, refuse_unknown_options
 from torpor.gpus import FURIOSA, NVIDIA, VISIBLE_DEVICES_ENV
 from torpor.runtime.containers import GPU_IDS, container_runtime, run_options
 from torpor.runtime.workerenv import DEFAULTS, WORKER_ID_ENV, reserved
@@ -21,7 +21,7 @@ from torpor.runtime.workerenv import DEFAULTS, WORKER_ID_ENV, reserved
 if TYPE_CHECKING:
     from torpor.spec import DeploymentSpec
 
-_OPTIONS = {"command", "health_path", "port", "image"}
+_OPTIONS = {"command", "health_path", "port", "image", "routes"}
 CONTAINER_MODEL_DIR = "/model"
 CUDA_ENV = VISIBLE_DEVICES_ENV[NVIDIA]
 FURIOSA_ENV = VISIBLE_DEVICES_ENV[FURIOSA]
@@ -29,6 +29,13 @@ FURIOSA_ENV = VISIBLE_DEVICES_ENV[FURIOSA]
 
 class CustomEngine:
     name = "custom"
+    # The OpenAI routes; `options.routes` declares more (exact paths or "/prefix/*").
+    routes = OPENAI_ROUTES
+    control_routes: frozenset[str] = frozenset()
+
+    def routes_for(self, spec: DeploymentSpec) -> frozenset[str]:
+        extra = spec.options.get("routes") or []
+        return self.routes | frozenset(str(r) for r in extra)
 
     def needs_model(self, spec: DeploymentSpec) -> bool:
         return "{model}" in str(spec.options.get("command", ""))
@@ -63,6 +70,12 @@ class CustomEngine:
             raise ValueError("options.command: must contain {port}, or set options.port")
         if self.needs_model(spec) and not spec.model:
             raise ValueError("model: options.command uses {model}, so model must be set")
+        routes = spec.options.get("routes")
+        if routes is not None and (
+            not isinstance(routes, list)
+            or not all(isinstance(r, str) and r.startswith("/v1/") for r in routes)
+        ):
+            raise ValueError("options.routes: must be a list of paths starting with /v1/")
         health = spec.options.get("health_path", "/health")
         if not isinstance(health, str) or not health.startswith("/"):
             raise ValueError("options.health_path: must be a path starting with /")
