@@ -3,6 +3,8 @@ an app file written by the test, its image a virtual environment built by the se
 
 from __future__ import annotations
 
+import json
+import re
 import sys
 import textwrap
 import time
@@ -191,3 +193,34 @@ def test_json_call_over_plain_http_with_scoped_keys(server: TorporServer, tmp_pa
     assert r.status_code == 400
     assert r.json()["error"]["code"] == "bad_request"
     assert post(mine, "/functions/demo", {}).status_code == 404
+
+
+def test_cli_deploy_run_and_apps(server: TorporServer, tmp_path: Path) -> None:
+    from tests.test_cli import server_env, torpor
+
+    path = write_app(tmp_path, ["six"], name="cli_app")
+    env = server_env(server)
+    out = torpor("deploy", str(path), env=env).stdout
+    assert "demo-predict" in out and "demo-model" in out
+
+    out = torpor("run", f"{path}::predict", "hello", "--upper", "true", env=env).stdout
+    assert json.loads(out)["text"] == "HELLO"
+    out = torpor("run", f"{path}::Model.generate", "--prompt", "abc", env=env).stdout
+    assert json.loads(out)["out"] == "cba"
+    failed = torpor("run", f"{path}::explode", "3", env=env, check=1)
+    assert "cannot handle 3" in failed.stderr
+    assert "helper_that_fails" in failed.stderr  # the remote traceback
+
+    listing = torpor("apps", "ls", env=env).stdout
+    assert re.search(r"demo\s+predict\s+function\s+demo-predict", listing), listing
+    assert re.search(r"demo\s+Model\s+cls\s+demo-model", listing), listing
+
+    out = torpor("apps", "rm", "demo", "-y", env=env).stdout
+    assert "deleted app demo" in out
+    with Client(server.url, server.admin_key) as client:
+        wait(
+            lambda: not any(d.framework == "function" for d in client.list_deployments()),
+            30,
+            "the app's deployments to go",
+        )
+    assert torpor("apps", "rm", "demo", "-y", env=env, check=1).returncode == 1

@@ -11,6 +11,7 @@ import typer
 from rich.text import Text
 
 from torpor.cli.common import _api, _fail, _table, app, apps_app, console, err_console
+from torpor.sdk import FunctionError
 
 
 def _load(path: Path) -> Any:
@@ -98,7 +99,11 @@ def run(
     with _api(ctx) as client:
         for application in apps:
             application.deploy(client, on_log=_log)
-        result = client.call_function(fn.app.name, fn.attr, args, kwargs, method=method)
+        try:
+            result = client.call_function(fn.app.name, fn.attr, args, kwargs, method=method)
+        except FunctionError as exc:
+            err_console.print(Text(exc.remote_traceback.rstrip()))
+            raise _fail(exc.message) from None
     print(json.dumps(result, indent=2, default=str))
 
 
