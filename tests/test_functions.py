@@ -224,3 +224,27 @@ def test_cli_deploy_run_and_apps(server: TorporServer, tmp_path: Path) -> None:
             "the app's deployments to go",
         )
     assert torpor("apps", "rm", "demo", "-y", env=env, check=1).returncode == 1
+
+
+def test_gpu_strings_and_image_ids() -> None:
+    from torpor.functions.gpu import GpuRequest, parse_gpu, type_matches
+    from torpor.functions.image import Image
+
+    assert parse_gpu(None) == GpuRequest(0)
+    assert parse_gpu("L4") == GpuRequest(1, ("L4",))
+    assert parse_gpu("H100:2") == GpuRequest(2, ("H100",))
+    assert parse_gpu("any") == GpuRequest(1)
+    assert parse_gpu(["A100", "H100"]) == GpuRequest(1, ("A100", "H100"))
+    for bad in ("H100:0", "two gpus", ["any", "L4"], ["A100:2", "H100"], []):
+        with pytest.raises(ValueError):
+            parse_gpu(bad)
+    assert type_matches(["A100"], "A100-80GB") and type_matches([], "anything")
+    assert type_matches(["h100"], "NVIDIA H100 80GB HBM3") and not type_matches(["L4"], "A100")
+
+    base = Image.python("3.11").pip_install("six")
+    assert base.id == Image.python("3.11").pip_install("six").id  # content-addressed
+    assert base.id != base.pip_install("idna").id
+    assert base.id != Image.python("3.12").pip_install("six").id
+    assert Image.from_definition(base.definition()) == base
+    with pytest.raises(ValueError):
+        Image.python("three")
