@@ -192,7 +192,7 @@ def test_failures_are_surfaced(srv: TorporServer) -> None:
         view = wait_request(c, f"/v1/requests/{broken}", ("completed", "failed"))
         assert view["status"] == "failed" and view["status_code"] == 502
         assert view["error"]["code"] == "worker_error"
-        assert view["error"]["message"] == "Worker returned an error, please retry"
+        assert view["error"]["message"] == "Worker error: fake engine failed on purpose"
 
         view = wait_request(c, f"/v1/requests/{missing}", ("completed", "failed"))
         assert view["status"] == "failed" and view["status_code"] == 404

@@ -106,6 +106,24 @@ class UpstreamError(TorporError):
     default_message = "Worker returned an error, please retry"
 
 
+class InferenceTimeout(TorporError):
+    """The worker took the request but did not answer within the request timeout."""
+
+    status = 504
+    type = "timeout_error"
+    code = "inference_timeout"
+    default_message = "Inference timed out"
+
+
+class ShuttingDown(TorporError):
+    """torpor is stopping: requests still queued (or arriving) are turned away."""
+
+    status = 503
+    type = "server_error"
+    code = "shutting_down"
+    default_message = "torpor is shutting down; retry against another instance or later"
+
+
 class NoCapacity(TorporError):
     status = 503
     type = "server_error"

@@ -1,15 +1,53 @@
-"""`torpor serve`: one process running the gateway, the control API and the controller."""
+"""`torpor serve`: one process running the gateway, the control API and the controller.
+
+Shutdown on SIGTERM: stop accepting connections, answer every queued request a 503 with
+Retry-After (an SSE error event on a held stream), let requests already on a worker finish
+for `TORPOR_SHUTDOWN_GRACE_S`, end the ones still running with the same error, then stop
+the workers (the app's lifespan).
+"""
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import socket
 import sys
 
 import uvicorn
 
 from torpor.auth import check_admin_key
-from torpor.gateway.app import create_app
+from torpor.gateway.app import TorporApp, create_app
 from torpor.settings import Settings
+
+log = logging.getLogger(__name__)
+
+# uvicorn's own cut-off comes this long after torpor's, which ends requests cleanly first.
+_UVICORN_MARGIN_S = 5.0
+
+
+class GracefulServer(uvicorn.Server):
+    """uvicorn, with torpor's drain before it waits for connections to close."""
+
+    def __init__(self, config: uvicorn.Config, app: TorporApp, grace_s: float):
+        super().__init__(config)
+        self._app = app
+        self._grace_s = grace_s
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        self._app.begin_shutdown()
+        inflight = self._app.proxy.inflight
+        log.info("draining: %d request(s) in flight, grace %.0fs", inflight, self._grace_s)
+        loop = asyncio.get_running_loop()
+        timer = loop.call_later(self._grace_s, self._abort)
+        try:
+            await super().shutdown(sockets)
+        finally:
+            timer.cancel()
+
+    def _abort(self) -> None:
+        ended = self._app.abort_inflight()
+        if ended:
+            log.warning("shutdown grace over: ended %d request(s) with a 503", ended)
 
 
 def serve(settings: Settings) -> None:
@@ -35,7 +73,7 @@ def serve(settings: Settings) -> None:
         log_level=settings.log_level.lower(),
         access_log=False,
         lifespan="on",
-        # Long streams must not hold shutdown forever; workers are stopped after this.
-        timeout_graceful_shutdown=5,
+        # A backstop only: torpor ends what is left at the grace, uvicorn cuts after it.
+        timeout_graceful_shutdown=int(settings.shutdown_grace_s + _UVICORN_MARGIN_S),
     )
-    uvicorn.Server(config).run()
+    GracefulServer(config, app, settings.shutdown_grace_s).run()

@@ -15,6 +15,9 @@ from torpor.asyncreq import AsyncDeps, AsyncRequests
 from torpor.auth import ApiKey, KeyRing, bootstrap_admin
 from torpor.controller import Controller
 from torpor.datadir import prepare_data_dir
+from torpor.engines import engine_for
+from torpor.engines.base import Engine
+from torpor.errors import ShuttingDown
 from torpor.functions.builder import ImageBuilder
 from torpor.gateway.dispatch import Dispatcher
 from torpor.gateway.proxy import ProxyDeps
@@ -141,6 +144,14 @@ class Services:
         )
         await self.async_requests.start()
 
+    def begin_shutdown(self) -> None:
+        """Stop taking work: every request still queued for a worker gets a 503 now (the
+        proxy refuses new ones); requests on workers go on until the grace period ends."""
+        error = ShuttingDown(headers={"Retry-After": "5"})
+        for gate in list(self.admission.gates.values()):
+            gate.blocked = error
+            gate.fail_waiters(error)
+
     async def stop(self) -> None:
         await self.async_requests.stop()  # first: interrupted requests stay accepted
         await self.controller.shutdown()
@@ -159,6 +170,9 @@ class Services:
                 model_ids=self._model_ids,
                 dispatcher=self.dispatcher,
                 async_submit=self.async_requests.submit_openai,
+                routes_of=self.routes_of,
+                max_body_bytes=self.settings.max_inference_body_bytes,
+                engine_of=self.engine_of,
             )
         return self._proxy_deps
 
@@ -224,6 +238,18 @@ class Services:
     def _spec_of(self, deployment: str) -> DeploymentSpec | None:
         dep = self.controller.deployments.get(deployment)
         return dep.spec if dep is not None else None
+
+    def engine_of(self, deployment: str) -> Engine | None:
+        dep = self.controller.deployments.get(deployment)
+        return engine_for(dep.spec.framework) if dep is not None else None
+
+    def routes_of(self, deployment: str) -> tuple[frozenset[str], frozenset[str]] | None:
+        """The engine's (inference routes, control routes) for a deployment."""
+        dep = self.controller.deployments.get(deployment)
+        if dep is None:
+            return None
+        engine = engine_for(dep.spec.framework)
+        return engine.routes_for(dep.spec), engine.control_routes
 
     def _model_ids(self, key: ApiKey) -> list[tuple[str, float]]:
         return [

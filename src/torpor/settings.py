@@ -30,9 +30,11 @@ class Settings(BaseSettings):
     probe_interval_s: float = Field(default=0.05, gt=0)
     # Keep-alive SSE comment period for a streaming request held during a cold start.
     keepalive_interval_s: float = Field(default=5.0, gt=0)
-    # Longest an engine may take to answer one request before the client gets 408.
+    # Longest an engine may take to answer one request before the client gets 504.
     request_timeout_s: float = Field(default=600.0, gt=0)
     upstream_connect_timeout_s: float = Field(default=5.0, gt=0)
+    # SIGTERM: requests on workers may finish for this long; queued ones get a 503 at once.
+    shutdown_grace_s: float = Field(default=30.0, ge=0)
     # Grace period for a worker to exit on SIGTERM before SIGKILL.
     worker_stop_grace_s: float = Field(default=5.0, gt=0)
     # A worker that is not ready after this long is failed and replaced.

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from torpor.engines.base import OPENAI_ROUTES, EngineLaunch, refuse_unknown_options
+from torpor.engines.fields import RequestFields
 
 if TYPE_CHECKING:
     from torpor.spec import DeploymentSpec
@@ -18,6 +19,13 @@ class LlamaCppEngine:
     # llama-server also serves /v1/rerank; llama-cpp-python answers 404 there.
     routes = OPENAI_ROUTES | {"/v1/rerank"}
     control_routes = frozenset({"/slots", "/slots/*", "/props", "/lora-adapters"})
+    # llama-cpp-python reads neither `max_completion_tokens` nor `n`, and knows
+    # `json_schema` only as `{"type": "json_object", "schema": ...}` (llama-server reads both).
+    request_fields = RequestFields(
+        renames=(("max_completion_tokens", "max_tokens"),),
+        maxima=(("n", 1),),
+        json_schema_as_json_object=True,
+    )
 
     def routes_for(self, spec: DeploymentSpec) -> frozenset[str]:
         return self.routes

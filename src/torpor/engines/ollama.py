@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from torpor.engines.base import OPENAI_ROUTES, EngineLaunch, check_str, refuse_unknown_options
+from torpor.engines.fields import RequestFields
 
 if TYPE_CHECKING:
     from torpor.spec import DeploymentSpec
@@ -26,6 +27,10 @@ class OllamaEngine:
     routes = OPENAI_ROUTES
     control_routes = frozenset(
         {"/api/pull", "/api/push", "/api/delete", "/api/create", "/api/copy", "/api/blobs/*"}
+    )
+    # Ollama's OpenAI layer returns one choice whatever `n` says.
+    request_fields = RequestFields(
+        renames=(("max_completion_tokens", "max_tokens"),), maxima=(("n", 1),)
     )
 
     def routes_for(self, spec: DeploymentSpec) -> frozenset[str]:

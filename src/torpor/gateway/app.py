@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -17,7 +16,16 @@ from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
 from torpor import __version__
-from torpor.api import async_requests, conversations, deployments, gpus, images, keys, usage
+from torpor.api import (
+    async_requests,
+    conversations,
+    deployments,
+    frameworks,
+    gpus,
+    images,
+    keys,
+    usage,
+)
 from torpor.console import mount_console
 from torpor.errors import (
     InvalidSpec,
@@ -49,6 +57,15 @@ class TorporApp:
         self.api = api
         self.proxy = proxy
         self.services = services
+
+    def begin_shutdown(self) -> None:
+        """SIGTERM: refuse new inference requests and answer the queued ones 503 now."""
+        self.proxy.begin_shutdown()
+        self.services.begin_shutdown()
+
+    def abort_inflight(self) -> int:
+        """The grace period is over: end the requests still running with an error."""
+        return self.proxy.abort_inflight()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -84,11 +101,11 @@ class TorporApp:
             if length is not None and length.isdigit() and int(length) > limit:
                 raise PayloadTooLarge(f"Request body larger than {limit} bytes")
             body = await read_body(receive, limit)
-        except asyncio.CancelledError:
-            return  # the client hung up while sending
         except TorporError as exc:
             await _send_error(send, exc)
             return
+        if body is None:
+            return  # the client hung up while sending
         await self.api(scope, _replay(body, receive), send)
 
 
@@ -150,6 +167,7 @@ def create_app(settings: Settings) -> TorporApp:
     api.include_router(async_requests.router)
     api.include_router(usage.router)
     api.include_router(images.router)
+    api.include_router(frameworks.router)
 
     @api.get("/healthz", tags=["health"])
     async def healthz() -> dict[str, Any]:

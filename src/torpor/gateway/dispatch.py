@@ -1,6 +1,10 @@
 """Forwarding one request to a deployment's workers: take a slot from admission (holding
 the request through a cold start), call the worker, retry on another worker when the one
-picked died before answering, and write the answer to a sink.
+picked could not be reached or died before answering, and write the answer to a sink.
+
+A worker that took the request and then said nothing for the request timeout is not
+"unreachable": that request ends in one 504 (it is never sent again, to this worker or
+another), and the worker stays routable for the controller to judge.
 
 The sink is the client connection for synchronous requests (gateway.proxy.Responder) or a
 buffer for requests run in the background; both go through the same admission and retries.
@@ -24,11 +28,12 @@ from torpor.admission import DeploymentGate, Lease
 from torpor.auth import ApiKey
 from torpor.errors import (
     DeploymentUnavailable,
-    RequestTimeout,
+    InferenceTimeout,
     TorporError,
     UpstreamError,
     error_body,
 )
+from torpor.gateway.engine_errors import engine_error
 from torpor.metering.meter import RequestUsage, Reservation
 from torpor.metering.sse import StreamUsage
 
@@ -196,13 +201,28 @@ class Dispatcher:
             try:
                 await call.run(lease, out)
                 return
-            except _WorkerUnreachable:
-                log.warning("worker %s unreachable (attempt %d)", lease.worker_id, attempt + 1)
+            except _WorkerUnreachable as exc:
+                log.warning(
+                    "worker %s unreachable (attempt %d): %s", lease.worker_id, attempt + 1, exc
+                )
                 gate.report_broken(lease.worker_id)
                 self.on_worker_broken(req.deployment)
+            except InferenceTimeout:
+                log.warning(
+                    "worker %s took %s %s but did not answer in %.0fs",
+                    lease.worker_id,
+                    req.method,
+                    req.route,
+                    self.request_timeout_s,
+                )
+                self.on_worker_broken(req.deployment)  # the controller looks at it now
+                raise
             finally:
                 lease.release()
-        raise UpstreamError()
+        raise UpstreamError("No worker of this deployment could be reached, please retry")
+
+    def timeout_error(self) -> InferenceTimeout:
+        return InferenceTimeout(f"Inference timed out after {self.request_timeout_s:g}s")
 
 
 class BufferedResponse:
@@ -273,10 +293,15 @@ class _Upstream:
                 headers=req.headers,
                 timeout=self.timeout,
             )
-        except (aiohttp.ClientConnectionError, aiohttp.ClientOSError) as exc:
-            raise _WorkerUnreachable(str(exc)) from exc
-        except TimeoutError as exc:
+        except aiohttp.ConnectionTimeoutError as exc:
             raise _WorkerUnreachable("connect timeout") from exc
+        except TimeoutError:
+            # The worker accepted the request and stayed silent: never sent twice.
+            raise self.deps.timeout_error() from None
+        except (aiohttp.ClientConnectionError, aiohttp.ClientOSError) as exc:
+            # Refused, reset, or the process died before answering: nothing reached the
+            # client, and a dead worker did not run the request to its end.
+            raise _WorkerUnreachable(str(exc) or type(exc).__name__) from exc
         complete = False
         try:
             if req.stream and resp.status == 200:
@@ -285,7 +310,7 @@ class _Upstream:
                 try:
                     data = await resp.read()
                 except TimeoutError:
-                    raise RequestTimeout() from None
+                    raise self.deps.timeout_error() from None
                 except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as exc:
                     if out.started:
                         raise UpstreamError() from exc
@@ -317,8 +342,8 @@ class _Upstream:
                 if data:
                     await out.body(data)
         except TimeoutError:
-            trace.status = RequestTimeout.status
-            await out.error(RequestTimeout())
+            trace.status = InferenceTimeout.status
+            await out.error(self.deps.timeout_error())
             return
         except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError):
             trace.status = UpstreamError.status
@@ -338,9 +363,11 @@ class _Upstream:
     ) -> None:
         trace = self.trace
         trace.first_byte = time.monotonic()
+        error = engine_error(resp.status, data, self.req.route)
         if resp.status >= 500:
             log.warning("worker answered %d: %s", resp.status, data[:500])
-            raise UpstreamError()
+        if error is not None:
+            raise error
         trace.status = resp.status
         if resp.status == 200:
             usage = _usage_of(data)

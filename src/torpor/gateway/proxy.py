@@ -19,12 +19,15 @@ from urllib.parse import parse_qs
 import orjson
 
 from torpor.auth import ApiKey, KeyRing
+from torpor.engines.base import Engine
+from torpor.engines.fields import normalise, request_fields_of
 from torpor.errors import (
     BadRequest,
     DeploymentUnavailable,
     Forbidden,
     NotFound,
     PayloadTooLarge,
+    ShuttingDown,
     TorporError,
     error_body,
     sse_error_event,
@@ -64,6 +67,8 @@ class ProxyDeps:
     # (inference routes, control routes) of a deployment's engine; None when unknown.
     routes_of: Callable[[str], tuple[frozenset[str], frozenset[str]] | None] | None = None
     max_body_bytes: int = MAX_BODY_BYTES
+    # The deployment's engine (request fields, tokenizer, native routes); None when unknown.
+    engine_of: Callable[[str], Engine | None] | None = None
 
 
 class Responder:
@@ -105,6 +110,27 @@ class Responder:
 class Proxy:
     def __init__(self, deps: Callable[[], ProxyDeps]):
         self._deps = deps
+        # Set when torpor begins to stop: new requests get it (a 503 with Retry-After).
+        self.stopping: TorporError | None = None
+        self._handlers: set[asyncio.Future[None]] = set()
+        self._aborted: set[asyncio.Future[None]] = set()
+
+    def begin_shutdown(self) -> None:
+        """Refuse new requests from now on; those in flight go on."""
+        self.stopping = ShuttingDown(headers={"Retry-After": "5"})
+
+    def abort_inflight(self) -> int:
+        """The grace period is over: end every request still running with the shutdown
+        error (an envelope, or an SSE error event on a stream) instead of a cut."""
+        running = [h for h in self._handlers if not h.done()]
+        for handler in running:
+            self._aborted.add(handler)
+            handler.cancel()
+        return len(running)
+
+    @property
+    def inflight(self) -> int:
+        return sum(1 for h in self._handlers if not h.done())
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         deps = self._deps()
@@ -112,24 +138,45 @@ class Proxy:
         try:
             # The key first: nobody without one makes torpor read (or buffer) a body.
             key = deps.keys.authenticate(_header(dict(scope["headers"]), b"authorization"))
+            if self.stopping is not None:
+                raise self.stopping
             body = await read_body(receive, deps.max_body_bytes)
-            handler = asyncio.ensure_future(self._handle(deps, key, scope, body, out))
-            watcher = asyncio.ensure_future(_wait_disconnect(receive))
-            try:
-                await asyncio.wait({handler, watcher}, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                if not handler.done():
-                    # The client hung up: cancelling aborts the upstream request at once.
-                    handler.cancel()
-                watcher.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await handler
-            handler.result()
+            if body is None:
+                log.info("client hung up while sending %s %s", scope["method"], scope["path"])
+                return
+            await self._run(self._handle(deps, key, scope, body, out), receive, scope, out)
         except TorporError as exc:
             await out.error(exc)
         except Exception:
             log.exception("request failed: %s %s", scope.get("method"), scope.get("path"))
             await out.error(TorporError())
+
+    async def _run(
+        self, work: Awaitable[None], receive: Receive, scope: Scope, out: Responder
+    ) -> None:
+        """Run the handler until it ends or the client hangs up (which cancels it, and so
+        aborts the upstream request at once)."""
+        handler = asyncio.ensure_future(work)
+        watcher = asyncio.ensure_future(_wait_disconnect(receive))
+        self._handlers.add(handler)
+        try:
+            await asyncio.wait({handler, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not handler.done():
+                handler.cancel()
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await handler
+            self._handlers.discard(handler)
+        if handler in self._aborted:
+            self._aborted.discard(handler)
+            log.info("ended %s %s: shutdown grace over", scope["method"], scope["path"])
+            await out.error(ShuttingDown(headers={"Retry-After": "5"}))
+            return
+        if handler.cancelled():
+            log.info("client hung up: %s %s", scope["method"], scope["path"])
+            return
+        handler.result()
 
     async def _handle(
         self, deps: ProxyDeps, key: ApiKey, scope: Scope, body: bytes, out: Responder
@@ -141,6 +188,9 @@ class Proxy:
         if path == "/v1/models" and method == "GET":
             await _send_models(deps, key, deployment, out)
             return
+        if path.startswith("/v1/models/") and method == "GET":
+            await _send_model(deps, key, deployment, path[len("/v1/models/") :], out)
+            return
         payload = _parse_json(body) if body else None
         if deployment is None:
             deployment = _model_of(payload, scope)
@@ -150,10 +200,13 @@ class Proxy:
         routes = deps.routes_of(deployment) if deps.routes_of is not None else None
         if routes is not None:
             check_route(key, deployment, path, *routes)
+        engine = deps.engine_of(deployment) if deps.engine_of is not None else None
         stream = bool(payload and payload.get("stream") is True)
         strip_usage = want_usage = False
         if payload is not None:
             rewrite = payload.get("model") != deployment
+            if engine is not None:
+                rewrite |= normalise(payload, path, request_fields_of(engine))
             # Workers serve under the deployment's name; the per-deployment base URL lets
             # clients send any model string (or none).
             payload["model"] = deployment
@@ -214,13 +267,26 @@ async def _send_models(
     await out.full(200, [(b"content-type", b"application/json")], body)
 
 
-async def read_body(receive: Receive, limit: int = MAX_BODY_BYTES) -> bytes:
+async def _send_model(
+    deps: ProxyDeps, key: ApiKey, deployment: str | None, model: str, out: Responder
+) -> None:
+    """`GET /v1/models/{id}`: the model object, scoped like the list."""
+    found = [m for m in deps.model_ids(key) if m[0] == model]
+    if not found or (deployment is not None and model != deployment):
+        raise NotFound(f"The model {model!r} does not exist or this key may not use it")
+    name, created = found[0]
+    data = {"id": name, "object": "model", "created": int(created), "owned_by": "torpor"}
+    await out.full(200, [(b"content-type", b"application/json")], orjson.dumps(data))
+
+
+async def read_body(receive: Receive, limit: int = MAX_BODY_BYTES) -> bytes | None:
+    """The whole request body, or None when the client hung up while sending it."""
     chunks: list[bytes] = []
     size = 0
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
-            raise asyncio.CancelledError()
+            return None
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:

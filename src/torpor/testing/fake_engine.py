@@ -45,7 +45,15 @@ from typing import Any, Final
 from aiohttp import web
 
 ENV_PREFIX: Final = "FAKE_ENGINE_"
-FAIL_MODES: Final = ("none", "http500", "http400", "crash-on-start", "crash-after", "hang")
+FAIL_MODES: Final = (
+    "none",
+    "http500",
+    "http500-text",
+    "http400",
+    "crash-on-start",
+    "crash-after",
+    "hang",
+)
 EMBEDDING_DIM: Final = 8
 THINK_PREFIX: Final = "<think>reasoning here</think>"
 PID_HEADER: Final = "X-Fake-Engine-Pid"
@@ -338,6 +346,10 @@ async def _handle_completion(request: web.Request, *, chat: bool) -> web.StreamR
             stats.failed += 1
             finished = True
             return web.json_response(SERVER_ERROR, status=500)
+        if config.fail_mode == "http500-text":  # what a crashed framework handler sends
+            stats.failed += 1
+            finished = True
+            return web.Response(status=500, text="Internal Server Error")
 
         echo = request.headers.get(ECHO_HEADER, "").strip().lower() in ("1", "true", "yes")
         answer = _build_answer(config, body, echo)
@@ -581,7 +593,7 @@ def make_parser() -> argparse.ArgumentParser:
         type=_fail_mode,
         default=_env("fail_mode") or "none",
         help=(
-            "none | http500 | http400 | crash-on-start | crash-after | hang; "
+            "none | http500 | http500-text | http400 | crash-on-start | crash-after | hang; "
             "crash-after:N is shorthand for --fail-mode crash-after --crash-after N"
         ),
     )
