@@ -45,7 +45,8 @@ def test_invalid_names_are_refused_with_the_rule(name: str) -> None:
 
 def test_defaults() -> None:
     spec = DeploymentSpec.model_validate(llama())
-    assert (spec.min_workers, spec.max_workers, spec.concurrency) == (0, 1, 4)
+    # llama.cpp serves one request at a time: its default concurrency is 1.
+    assert (spec.min_workers, spec.max_workers, spec.concurrency) == (0, 1, 1)
     assert spec.framework == "llama.cpp"
 
 

@@ -158,7 +158,11 @@ class DeploymentSpec(BaseModel):
         if self.max_workers < self.min_workers:
             raise ValueError("max_workers: must be greater than or equal to min_workers")
         from torpor.engines import engine_for
+        from torpor.engines.describe import default_concurrency
 
+        if "concurrency" not in self.model_fields_set:
+            # The engine's default (llama.cpp serves one request at a time).
+            self.concurrency = default_concurrency(self.framework)
         engine_for(self.framework).validate(self)
         return self
 

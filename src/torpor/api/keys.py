@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
+from datetime import datetime
+from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field
 
 from torpor.api.deps import AdminDep, ServicesDep
+from torpor.auth import hash_key
 from torpor.errors import NotFound
+from torpor.metering import queries
+from torpor.services import Services
 from torpor.store.tables import ApiKeyRow
 from torpor.validation import MAX_BUDGET_USD, MAX_KEY_TOKENS
 
@@ -66,9 +72,41 @@ async def create(body: KeyCreate, svc: ServicesDep, _: AdminDep) -> dict[str, An
     return {**key_view(row), "key": secret}
 
 
+def bootstrap_hashes(admin_key: str | None, data_dir: Path) -> frozenset[str]:
+    """Hashes of the bootstrap admin key (TORPOR_ADMIN_KEY, or the generated admin.key):
+    the key torpor re-activates at every start, so revoking it in the console is pointless."""
+    secrets = [admin_key or ""]
+    with contextlib.suppress(OSError):
+        secrets.append((data_dir / "admin.key").read_text().strip())
+    return frozenset(hash_key(s) for s in secrets if s)
+
+
+async def _activity(svc: Services) -> tuple[frozenset[str], dict[str, datetime]]:
+    await svc.meter.flush()
+    boot = bootstrap_hashes(svc.settings.admin_key, svc.settings.data_dir)
+    return boot, await queries.last_used(svc.store.engine)
+
+
+def listed_view(
+    row: ApiKeyRow, svc: Services, boot: frozenset[str], used: dict[str, datetime]
+) -> dict[str, Any]:
+    """A key in the listing: its view plus month-to-date spend and tokens (what the budgets
+    are checked against), when it last made a request, and whether it is the bootstrap key."""
+    spent = svc.meter.key_usage(row.id)
+    last = used.get(row.id)
+    return {
+        **key_view(row),
+        "spend_month_usd": round(spent.usd, 10),
+        "tokens_month": spent.tokens,
+        "last_used_at": last.isoformat() if last else None,
+        "bootstrap": row.key_hash in boot,
+    }
+
+
 @router.get("")
 async def list_keys(svc: ServicesDep, _: AdminDep) -> dict[str, Any]:
-    return {"data": [key_view(r) for r in await svc.store.list_keys()]}
+    boot, used = await _activity(svc)
+    return {"data": [listed_view(r, svc, boot, used) for r in await svc.store.list_keys()]}
 
 
 @router.patch("/{key_id}")

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from torpor.engines.base import OPENAI_ROUTES, EngineLaunch, check_str, refuse_unknown_options
+from torpor.engines.describe import option_names
 from torpor.gpus import FURIOSA, NVIDIA, VISIBLE_DEVICES_ENV
 from torpor.runtime.containers import GPU_IDS, container_runtime, run_options
 from torpor.runtime.workerenv import DEFAULTS, WORKER_ID_ENV, reserved
@@ -21,7 +22,7 @@ from torpor.runtime.workerenv import DEFAULTS, WORKER_ID_ENV, reserved
 if TYPE_CHECKING:
     from torpor.spec import DeploymentSpec
 
-_OPTIONS = {"command", "health_path", "port", "image", "routes"}
+_OPTIONS = option_names("custom")  # the described options (torpor.engines.describe)
 CONTAINER_MODEL_DIR = "/model"
 CUDA_ENV = VISIBLE_DEVICES_ENV[NVIDIA]
 FURIOSA_ENV = VISIBLE_DEVICES_ENV[FURIOSA]

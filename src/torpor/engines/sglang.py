@@ -11,6 +11,7 @@ from torpor.engines.base import (
     EngineLaunch,
     validate_model_server,
 )
+from torpor.engines.describe import option_names
 
 if TYPE_CHECKING:
     from torpor.spec import DeploymentSpec
@@ -23,7 +24,7 @@ FLAGS = {
     "quantization": "--quantization",
     "gpu_memory_utilization": "--mem-fraction-static",
 }
-OPTIONS = {*FLAGS, "enable_memory_saver"}
+OPTIONS = option_names("sglang")  # the described options (torpor.engines.describe)
 
 
 class SglangEngine:

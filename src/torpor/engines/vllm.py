@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from torpor.engines.base import (
     OPENAI_ROUTES,
@@ -12,6 +12,8 @@ from torpor.engines.base import (
     flag,
     validate_model_server,
 )
+from torpor.engines.tokens import TokenCall, TokenCalls, prompt_of
+from torpor.engines.describe import option_names
 
 if TYPE_CHECKING:
     from torpor.spec import DeploymentSpec
@@ -19,7 +21,7 @@ if TYPE_CHECKING:
 DEFAULT_GPU_MEMORY_UTILIZATION = 0.9
 # Options that become `--flag value`, in this order.
 VALUE_OPTIONS = ("tensor_parallel_size", "dtype", "max_model_len", "quantization")
-OPTIONS = {*VALUE_OPTIONS, "gpu_memory_utilization", "enable_sleep_mode"}
+OPTIONS = option_names("vllm")  # the described options (torpor.engines.describe)
 
 
 class VllmEngine:
@@ -49,6 +51,22 @@ class VllmEngine:
 
     def needs_model(self, spec: DeploymentSpec) -> bool:
         return True
+
+    def token_calls(
+        self, model: str, route: str, payload: dict[str, Any], completion: str
+    ) -> TokenCalls | None:
+        """vLLM's `/tokenize` applies the chat template to `messages` like a request does."""
+        prompt = prompt_of(route, payload)
+        if prompt is None:
+            return None
+        if "messages" in prompt:
+            prompt = {**prompt, "add_generation_prompt": True}
+        return TokenCalls(
+            TokenCall("/tokenize", {"model": model, **prompt}),
+            TokenCall(
+                "/tokenize", {"model": model, "prompt": completion, "add_special_tokens": False}
+            ),
+        )
 
     def validate(self, spec: DeploymentSpec) -> None:
         validate_model_server(self.name, spec, OPTIONS, "enable_sleep_mode")

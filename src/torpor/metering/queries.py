@@ -237,6 +237,14 @@ async def timeseries(
     return series
 
 
+async def last_used(engine: AsyncEngine) -> dict[str, datetime]:
+    """When each key last made a metered request (within the raw events' retention)."""
+    e = UsageEventRow
+    async with AsyncSession(engine) as s:
+        rows = await s.execute(select(e.key_id, func.max(e.at)).group_by(e.key_id))
+        return {key_id: _utc(at) for key_id, at in rows if at is not None}
+
+
 def percentile(values: Sequence[float], q: float) -> float:
     """Nearest-rank percentile of sorted values (0 when empty)."""
     if not values:
