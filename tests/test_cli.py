@@ -8,6 +8,7 @@ import re
 import stat
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -160,8 +161,9 @@ def test_cli_workflow(server: TorporServer) -> None:
     twice = torpor("keys", "revoke", key_id, env=env, check=1)
     assert "already revoked" in twice.stderr
 
-    # Without --yes, answering no keeps the deployment.
-    torpor("rm", NAME, env=env, input="n\n", check=1)
+    # Without --yes, answering no keeps the deployment, and says how to delete anyway.
+    kept = torpor("rm", NAME, env=env, input="n\n", check=1)
+    assert "--yes" in kept.stderr
     assert server.get(NAME)["name"] == NAME
 
     out = torpor("rm", NAME, "--yes", env=env).stdout
@@ -237,3 +239,149 @@ def test_deploy_update_partial_fields(server: TorporServer) -> None:
     out = torpor("deploy", "partial", "--update", "--concurrency", "2", env=env).stdout
     assert "updated deployment partial" in out
     assert server.get("partial")["concurrency"] == 2
+
+
+def test_cli_finds_a_server_by_each_documented_means(
+    server_factory: Callable[..., TorporServer], tmp_path: Path
+) -> None:
+    """A server on a non-default port with its own data dir (its admin.key generated there):
+    the README's ways to point the CLI at it all work, and failures say which URL and which
+    key (from where) were used."""
+    data_dir = tmp_path / "elsewhere-data"
+    server = server_factory(data_dir=data_dir, env={"TORPOR_ADMIN_KEY": ""})
+    assert server.port != 8000
+    secret = (data_dir / "admin.key").read_text().strip()
+    home = tmp_path / "home"  # no ~/.torpor there: nothing found by accident
+    home.mkdir()
+    base = cli_env(HOME=str(home))
+
+    ways = {
+        "flags before": (["--url", server.url, "--data-dir", str(data_dir), "ls"], base),
+        "flags after": (["ls", "--url", server.url, "--data-dir", str(data_dir)], base),
+        "env data dir": (["ls"], {**base, "TORPOR_URL": server.url, "TORPOR_DATA_DIR": str(data_dir)}),
+        "env key": (["ls"], {**base, "TORPOR_URL": server.url, "TORPOR_API_KEY": secret}),
+        "flag key": (["ls", "--url", server.url, "--api-key", secret], base),
+    }  # fmt: skip
+    for way, (args, env) in ways.items():
+        proc = torpor(*args, env=env, check=None)
+        assert proc.returncode == 0, f"{way}: {proc.stderr}"
+        assert re.search(r"^\s*smollm2\s", proc.stdout, re.M), f"{way}: {proc.stdout}"
+
+    # A stale key (another server's): the error names the URL and where the key came from.
+    stale = tmp_path / "stale"
+    stale.mkdir()
+    (stale / "admin.key").write_text("tp-another-servers-key-0123456789\n")
+    proc = torpor("ls", "--url", server.url, "--data-dir", str(stale), env=base, check=1)
+    message = " ".join(proc.stderr.split())
+    assert "Invalid API key" in message
+    assert server.url in message and str(stale / "admin.key") in message
+    assert "--api-key" in message and "TORPOR_API_KEY" in message
+    proc = torpor(
+        "ls", env={**base, "TORPOR_URL": server.url, "TORPOR_API_KEY": "tp-nope"}, check=1
+    )
+    assert "key from TORPOR_API_KEY" in " ".join(proc.stderr.split())
+
+    # No key anywhere: the CLI's own options, not the HTTP header, are the hint.
+    proc = torpor("ls", "--url", server.url, env=base, check=1)
+    message = " ".join(proc.stderr.split())
+    assert "no API key" in message and str(home / ".torpor" / "admin.key") in message
+    assert "--api-key" in message and "--data-dir" in message
+    assert "Authorization" not in message
+
+    # A wrong URL names where it came from.
+    proc = torpor(
+        "ls", env={**base, "TORPOR_URL": "http://127.0.0.1:9", "TORPOR_API_KEY": secret}, check=1
+    )
+    message = " ".join(proc.stderr.split())
+    assert "cannot reach torpor at http://127.0.0.1:9" in message and "TORPOR_URL" in message
+    assert "Traceback" not in proc.stderr
+
+
+def test_json_output_ids_work_with_revoke(server: TorporServer) -> None:
+    env = server_env(server)
+    made = torpor("keys", "create", "scripted", "--deployment", "smollm2", env=env)
+    secret = made.stdout.strip()
+    keys = json.loads(torpor("keys", "ls", "-o", "json", env=env).stdout)
+    mine = [k for k in keys if k["name"] == "scripted"]
+    assert len(mine) == 1 and mine[0]["revoked_at"] is None
+    key_id = mine[0]["id"]
+    assert secret not in json.dumps(keys)
+
+    # An 80-column table still shows whole ids (copyable), the other columns give way.
+    narrow = torpor("keys", "ls", env={**env, "COLUMNS": "80"}).stdout
+    assert key_id in narrow, narrow
+    assert all(len(line) <= 80 for line in narrow.splitlines()), narrow
+
+    torpor("keys", "revoke", key_id, env=env)
+    keys = json.loads(torpor("keys", "ls", "--output", "json", env=env).stdout)
+    assert next(k for k in keys if k["id"] == key_id)["revoked_at"] is not None
+
+    listing = json.loads(torpor("ls", "-o", "json", env=env).stdout)
+    assert [d["name"] for d in listing] == ["smollm2"]
+    assert listing[0]["framework"] == "llama.cpp"
+    events = json.loads(torpor("events", "smollm2", "-o", "json", env=env).stdout)
+    assert events and all("kind" in e for e in events)
+    for window in ("1h", "7d", "30d"):
+        usage = json.loads(torpor("usage", "--window", window, "-o", "json", env=env).stdout)
+        assert usage[-1]["deployment"] == "TOTAL"
+    bad = torpor("usage", "--window", "2w", env=env, check=2)
+    assert "1h, 6h, 24h, 7d, 30d" in " ".join(bad.stderr.split())
+    assert json.loads(torpor("gpus", "-o", "json", env=env).stdout) == []
+
+
+def test_engine_default_concurrency_and_worker_endpoints(server: TorporServer) -> None:
+    env = server_env(server)
+    torpor("deploy", "tiny", "--model", "smollm2-135m-instruct", env=env)
+    assert server.get("tiny")["concurrency"] == 1  # llama.cpp answers one request at a time
+    torpor("deploy", "tiny4", "--model", "smollm2-135m-instruct", "--concurrency", "4", env=env)
+    assert server.get("tiny4")["concurrency"] == 4
+    torpor(
+        "deploy", NAME, "--framework", "custom", "--option", f"command={FAKE_COMMAND}",
+        "--min-workers", "1", env=env,
+    )  # fmt: skip
+    assert server.get(NAME)["concurrency"] == 4
+    dep = server.wait_for(NAME, lambda d: d["status"] == "ready", timeout=30)
+    port = dep["workers"][0]["port"]
+    panel = torpor("get", NAME, env=env).stdout
+    assert f"http://127.0.0.1:{port}" in panel, panel
+    assert "1 ready" in panel
+
+    # A key that is not an admin's gets the caller view: no endpoint column.
+    secret = torpor("keys", "create", "viewer", "--deployment", NAME, env=env).stdout.strip()
+    view = torpor("get", NAME, env={**env, "TORPOR_API_KEY": secret}).stdout
+    assert "ENDPOINT" not in view and f":{port}" not in view
+
+
+def test_rm_without_a_terminal_and_logs_follow_ends_with_the_deployment(
+    server: TorporServer,
+) -> None:
+    env = server_env(server)
+    server.deploy(fake_spec("followed", min_workers=1))
+    server.wait_for("followed", lambda d: d["status"] == "ready", timeout=30)
+
+    # No terminal and no --yes: refused with the flag to use, nothing deleted.
+    proc = subprocess.run(
+        [sys.executable, "-m", "torpor", "rm", "followed"],
+        env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == 1 and "--yes" in proc.stderr, proc.stderr
+    assert server.get("followed")["name"] == "followed"
+
+    follower = subprocess.Popen(
+        [sys.executable, "-m", "torpor", "logs", "followed", "-f", "--tail", "5"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert follower.stdout is not None
+        first = follower.stdout.readline()
+        assert first.startswith("[followed-"), first
+        started = time.monotonic()
+        torpor("rm", "followed", "--yes", env=env)
+        _out, err = follower.communicate(timeout=20)
+    finally:
+        if follower.poll() is None:
+            follower.kill()
+            follower.wait()
+    assert follower.returncode == 0, err
+    assert "deployment followed was deleted" in err
+    assert time.monotonic() - started < 20

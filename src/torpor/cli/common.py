@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -17,12 +20,21 @@ from rich.table import Table
 from rich.text import Text
 from typer.core import TyperGroup
 
-from torpor.sdk import Client, Deployment, DeploymentFailedError, TorporError
+from torpor.sdk import (
+    APIConnectionError,
+    AuthenticationError,
+    Client,
+    Deployment,
+    DeploymentFailedError,
+    PermissionDeniedError,
+    TorporError,
+)
 from torpor.sdk._ops import DEFAULT_URL
 
 
 class _Group(TyperGroup):
-    """Accepts the global --url/--api-key after the command too: `torpor ls --url U`."""
+    """Accepts the global --url/--api-key/--data-dir after the command too:
+    `torpor ls --url U`."""
 
     def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
         if ctx.parent is None:
@@ -52,7 +64,7 @@ def _hoist_globals(args: list[str]) -> list[str]:
     return front + rest
 
 
-_GLOBALS = ("--url", "--api-key")
+_GLOBALS = ("--url", "--api-key", "--data-dir")
 
 app = typer.Typer(
     name="torpor",
@@ -74,19 +86,84 @@ err_console = Console(stderr=True)
 def main(
     ctx: typer.Context,
     url: Annotated[
-        str, typer.Option(envvar="TORPOR_URL", help="torpor server URL (also after the command).")
+        str,
+        typer.Option(
+            envvar="TORPOR_URL",
+            help="torpor server URL (any global option may follow the command).",
+        ),
     ] = DEFAULT_URL,
     api_key: Annotated[
         str | None,
         typer.Option(
             "--api-key",
             envvar="TORPOR_API_KEY",
-            help="API key (default: <data_dir>/admin.key).",
+            help="API key (default: TORPOR_ADMIN_KEY, else <data dir>/admin.key).",
+            show_default=False,
+        ),
+    ] = None,
+    data_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--data-dir",
+            envvar="TORPOR_DATA_DIR",
+            help="Data directory: `serve` keeps its state there; other commands read its "
+            "admin.key when no key is given (default: ~/.torpor).",
             show_default=False,
         ),
     ] = None,
 ) -> None:
-    ctx.obj = {"url": url, "api_key": api_key}
+    ctx.obj = Target.resolve(ctx, url, api_key, data_dir)
+
+
+@dataclass(frozen=True)
+class Target:
+    """The server the CLI talks to, the key it sends, and where each came from (errors name
+    them, so a wrong URL or a stale key is found at once)."""
+
+    url: str
+    url_source: str
+    api_key: str | None
+    key_source: str
+    data_dir: Path | None
+
+    @classmethod
+    def resolve(
+        cls, ctx: typer.Context, url: str, api_key: str | None, data_dir: Path | None
+    ) -> Target:
+        url_source = _source(ctx, "url", "--url", "TORPOR_URL", "the default")
+        key, key_source = api_key, _source(ctx, "api_key", "--api-key", "TORPOR_API_KEY", "")
+        if not key:
+            key, key_source = local_key(data_dir)
+        return cls(url.rstrip("/") or DEFAULT_URL, url_source, key, key_source, data_dir)
+
+    def where(self) -> str:
+        return f"server {self.url} (from {self.url_source}), key from {self.key_source}"
+
+
+def _source(ctx: typer.Context, param: str, flag: str, env: str, default: str) -> str:
+    source = getattr(ctx.get_parameter_source(param), "name", "")
+    return {"COMMANDLINE": flag, "ENVIRONMENT": env}.get(source, default)
+
+
+def local_key(data_dir: Path | None) -> tuple[str | None, str]:
+    """The admin key of a server on this machine: TORPOR_ADMIN_KEY (unless a data dir was
+    named), else <data dir>/admin.key; with where it was found, or where it was looked for."""
+    env_key = os.environ.get("TORPOR_ADMIN_KEY", "").strip()
+    if env_key and data_dir is None:
+        return env_key, "TORPOR_ADMIN_KEY"
+    directory = (data_dir or Path("~/.torpor")).expanduser()
+    path = directory / "admin.key"
+    try:
+        key = path.read_text().strip()
+    except OSError:
+        return None, f"nowhere (no key given and no {path})"
+    return (key or None), str(path) if key else f"nowhere ({path} is empty)"
+
+
+KEY_HINT = (
+    "give a key with --api-key KEY or TORPOR_API_KEY=KEY, or --data-dir DIR to use the "
+    "admin key of the server that keeps its data in DIR"
+)
 
 
 def _fail(message: str) -> typer.Exit:
@@ -96,18 +173,59 @@ def _fail(message: str) -> typer.Exit:
     return typer.Exit(1)
 
 
+def target(ctx: typer.Context) -> Target:
+    obj = ctx.find_root().obj
+    return obj if isinstance(obj, Target) else Target(DEFAULT_URL, "the default", None, "", None)
+
+
+def explain(error: TorporError, where: Target) -> str:
+    """The error's message, plus which server and key were used where that is the likely
+    cause (a wrong URL, a missing or stale key, a key without the right)."""
+    if isinstance(error, APIConnectionError):
+        return f"{error.message} (URL from {where.url_source}; set --url or TORPOR_URL)"
+    if isinstance(error, AuthenticationError):
+        return f"{error.message}: {where.where()}; {KEY_HINT}"
+    if isinstance(error, PermissionDeniedError):
+        return f"{error.message} ({where.where()})"
+    return error.message
+
+
 @contextmanager
 def _api(ctx: typer.Context) -> Iterator[Client]:
-    """A client for the chosen server (key: --api-key, TORPOR_API_KEY, else this machine's
-    admin key); a TorporError inside the block exits with status 1."""
-    obj: dict[str, Any] = ctx.find_root().obj or {}
-    client = Client(obj.get("url") or DEFAULT_URL, obj.get("api_key"))
+    """A client for the chosen server and key (see Target); a TorporError inside the block
+    exits with status 1 and a message that names the server and the key's source."""
+    where = target(ctx)
+    if where.api_key is None:
+        raise _fail(f"no API key for {where.url}: found {where.key_source}; {KEY_HINT}")
+    client = Client(where.url, where.api_key)
     try:
         yield client
     except TorporError as exc:
-        raise _fail(exc.message) from None
+        raise _fail(explain(exc, where)) from None
     finally:
         client.close()
+
+
+class Output(StrEnum):
+    table = "table"
+    json = "json"
+
+
+OutputOpt = Annotated[
+    Output, typer.Option("--output", "-o", help="table, or json (full values, for scripts).")
+]
+
+
+def money(value: float | None) -> str:
+    """Dollars with cents; amounts under a cent with two significant digits."""
+    amount = float(value or 0)
+    if amount == 0 or abs(amount) >= 0.01:
+        return f"${amount:,.2f}"
+    return f"${amount:.2g}" if abs(amount) >= 1e-4 else "<$0.0001"
+
+
+def _json_out(items: Any) -> None:
+    print(json.dumps(items, indent=2, default=str))
 
 
 def _t(value: Any) -> Text:
@@ -115,11 +233,20 @@ def _t(value: Any) -> Text:
     return Text("-" if value is None or value == "" else str(value))
 
 
+# Columns whose values are copied into other commands: never shortened.
+WHOLE = frozenset({"ID", "NAME", "DEPLOYMENT", "WORKER"})
+
+
 def _table(columns: tuple[str, ...], rows: list[list[Any]], empty: str, wrap: str = "") -> None:
-    """Print a borderless table (cells as plain text), or `empty` when there are no rows."""
+    """Print a borderless table (cells as plain text), or `empty` when there are no rows.
+    Id and name columns keep their full width; the others wrap or shorten."""
     table = Table(box=None, header_style="bold")
-    for column in columns:
-        table.add_column(column, no_wrap=column != wrap)
+    for i, column in enumerate(columns):
+        if column in WHOLE:
+            width = max([len(column), *(len(str(_t(row[i]))) for row in rows)])
+            table.add_column(column, no_wrap=True, min_width=width)
+        else:
+            table.add_column(column, no_wrap=column != wrap, overflow="fold")
     for row in rows:
         table.add_row(*(_t(cell) for cell in row))
     console.print(table if rows else Text(empty))
@@ -163,7 +290,16 @@ FrameworkOpt = Annotated[
 ]
 MinOpt = Annotated[int | None, typer.Option("--min-workers", min=0, help="Workers kept warm.")]
 MaxOpt = Annotated[int | None, typer.Option("--max-workers", min=1, help="Worker ceiling.")]
-ConcOpt = Annotated[int | None, typer.Option("--concurrency", min=1, help="Requests per worker.")]
+ConcOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--concurrency",
+        min=1,
+        help="Requests per worker (default: the engine's; 1 for llama.cpp, which serves one "
+        "request at a time).",
+        show_default=False,
+    ),
+]
 IdleOpt = Annotated[float | None, typer.Option("--idle-timeout", min=0, help="Idle secs to stop.")]
 WaitTimeOpt = Annotated[float | None, typer.Option("--wait-time", help="Max secs a request waits.")]
 QueueOpt = Annotated[int | None, typer.Option("--max-queue", min=0, help="Queued requests cap.")]

@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import sys
+import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -28,12 +32,15 @@ from torpor.cli.common import (
     ModelOpt,
     NameArg,
     OptionOpt,
+    Output,
+    OutputOpt,
     QueueOpt,
     WaitTimeOpt,
     _ago,
     _api,
     _endpoint,
     _fail,
+    _json_out,
     _short,
     _spec,
     _t,
@@ -41,23 +48,24 @@ from torpor.cli.common import (
     _wait,
     app,
     console,
+    err_console,
+    money,
+    target,
 )
 from torpor.sdk import Client, ConflictError, NotFoundError
 
 
 @app.command()
 def serve(
+    ctx: typer.Context,
     host: Annotated[str | None, typer.Option(help="Bind address.", show_default=False)] = None,
     port: Annotated[int | None, typer.Option(help="Port.", show_default=False)] = None,
-    data_dir: Annotated[
-        Path | None, typer.Option("--data-dir", help="Data directory.", show_default=False)
-    ] = None,
 ) -> None:
-    """Run the torpor server (blocks)."""
+    """Run the torpor server (blocks); `--data-dir DIR` keeps its state in DIR."""
     from torpor.server import serve as run_server
     from torpor.settings import Settings
 
-    overrides: dict[str, Any] = {"host": host, "port": port, "data_dir": data_dir}
+    overrides: dict[str, Any] = {"host": host, "port": port, "data_dir": target(ctx).data_dir}
     try:
         settings = Settings(**{key: value for key, value in overrides.items() if value is not None})
     except ValueError as exc:  # pydantic's ValidationError
@@ -169,35 +177,50 @@ def update(
             _wait(client, name)
 
 
+def workers_text(ready: int, desired: int) -> str:
+    """`2 ready`, `1 ready, 0 needed` (idle, stops after its idle timeout), `0 ready, 1 needed`."""
+    return f"{ready} ready" if ready == desired else f"{ready} ready, {desired} needed"
+
+
 @app.command("ls")
-def list_deployments(ctx: typer.Context) -> None:
+def list_deployments(ctx: typer.Context, output: OutputOpt = Output.table) -> None:
     """List deployments."""
     with _api(ctx) as client:
         deployments = client.list_deployments()
+    if output is Output.json:
+        _json_out([d.model_dump(mode="json") for d in deployments])
+        return
     rows = [
-        [d.name, d.framework, _short(d.model), d.state, d.status,
-         f"{d.ready_workers}/{d.desired_workers}", f"{d.queue.waiting}/{d.queue.inflight}"]
+        [d.name, d.framework, _short(d.model), d.status,
+         workers_text(d.ready_workers, d.desired_workers),
+         f"{d.queue.waiting} waiting, {d.queue.inflight} running"]
         for d in deployments
     ]  # fmt: skip
-    columns = ("NAME", "FRAMEWORK", "MODEL", "STATE", "STATUS", "WORKERS", "QUEUE")
+    columns = ("NAME", "FRAMEWORK", "MODEL", "STATUS", "WORKERS", "REQUESTS")
     _table(columns, rows, "no deployments", wrap="MODEL")
+
+
+def _worker_endpoint(worker: dict[str, Any]) -> str | None:
+    host, port = worker.get("host"), worker.get("port")
+    return f"http://{host}:{port}" if host and port else None
 
 
 @app.command()
 def get(
     ctx: typer.Context,
     name: NameArg,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the raw JSON.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="The same as -o json.")] = False,
+    output: OutputOpt = Output.table,
 ) -> None:
-    """Show one deployment and its workers."""
+    """Show one deployment and its workers (with their endpoints, for admin keys)."""
     with _api(ctx) as client:
         found = client.get_deployment(name)
         endpoint = _endpoint(client, found)
     dep = found.model_dump(mode="json", exclude_unset=True)
-    if as_json:
-        print(json.dumps(dep, indent=2))
+    if as_json or output is Output.json:
+        _json_out(dep)
         return
-    queue = dep.get("queue") or {}
+    queue_ = dep.get("queue") or {}
     summary = Table.grid(padding=(0, 2))
     summary.add_column(style="bold")
     summary.add_column()
@@ -209,9 +232,9 @@ def get(
         ("status", dep.get("status")),
         ("reason", dep.get("reason")),
         ("endpoint", endpoint),
-        ("workers", f"{dep.get('ready_workers', 0)} ready / {dep.get('desired_workers', 0)} desired"
+        ("workers", f"{workers_text(dep.get('ready_workers', 0), dep.get('desired_workers', 0))}"
                     f" (min {dep.get('min_workers')}, max {dep.get('max_workers')})"),
-        ("queue", f"{queue.get('waiting', 0)} waiting, {queue.get('inflight', 0)} in flight"
+        ("queue", f"{queue_.get('waiting', 0)} waiting, {queue_.get('inflight', 0)} in flight"
                   f" (max {dep.get('max_queue')})"),
         ("concurrency", dep.get("concurrency")),
         ("timeouts", f"idle {dep.get('idle_timeout_s')}s, wait {dep.get('wait_time_s')}s"),
@@ -235,14 +258,16 @@ def get(
         )  # fmt: skip
         for line in last_error.get("log_tail") or []:
             console.print(Text(f"  {line}"))
+    workers = dep.get("workers") or []
+    # Admin keys see where each worker listens; others get the caller view without it.
+    admin_view = any("port" in w or "host" in w for w in workers)
     worker_rows = [
-        [w.get("id"), w.get("state"), _ago(w.get("started_at")), w.get("restarts", 0),
-         w.get("reason")]
-        for w in dep.get("workers") or []
+        [w.get("id"), w.get("state"), *([_worker_endpoint(w)] if admin_view else []),
+         _ago(w.get("started_at")), w.get("restarts", 0), w.get("reason")]
+        for w in workers
     ]  # fmt: skip
-    _table(
-        ("ID", "STATE", "STARTED", "RESTARTS", "REASON"), worker_rows, "no workers", wrap="REASON"
-    )
+    columns = ("ID", "STATE", *(("ENDPOINT",) if admin_view else ()), "STARTED", "RESTARTS")
+    _table((*columns, "REASON"), worker_rows, "no workers", wrap="REASON")
 
 
 @app.command()
@@ -251,27 +276,75 @@ def logs(
     name: NameArg,
     worker: Annotated[str | None, typer.Option("--worker", help="Only this worker.")] = None,
     tail: Annotated[int, typer.Option("--tail", min=0, help="Lines of history.")] = 200,
-    follow: Annotated[bool, typer.Option("--follow", "-f", help="Stream new lines.")] = False,
+    follow: Annotated[
+        bool, typer.Option("--follow", "-f", help="Stream new lines until the deployment is gone.")
+    ] = False,
 ) -> None:
     """Print worker logs."""
     try:
         with _api(ctx) as client:
-            for line in client.logs(name, worker=worker, tail=tail, follow=follow):
+            lines = client.logs(name, worker=worker, tail=tail, follow=follow)
+            for line in _until_deleted(client, name, lines) if follow else lines:
                 print(line, flush=True)
     except KeyboardInterrupt:
         raise typer.Exit(0) from None
 
 
+GONE_STATES = frozenset({"deleting", "cleaning", "deleted"})
+
+
+def _until_deleted(
+    client: Client, name: str, lines: Iterator[str], check_s: float = 1.0
+) -> Iterator[str]:
+    """The followed lines until the deployment is deleted (the server's stream stays open):
+    the stream is read in a thread while this one checks the deployment every `check_s`."""
+    got: queue.Queue[tuple[str, Any]] = queue.Queue()
+
+    def pump() -> None:
+        try:
+            for line in lines:
+                got.put(("line", line))
+            got.put(("end", None))
+        except BaseException as exc:  # handed to the reading thread, raised there
+            got.put(("error", exc))
+
+    threading.Thread(target=pump, name="torpor-logs", daemon=True).start()
+    next_check = time.monotonic() + check_s
+    while True:
+        try:
+            kind, value = got.get(timeout=max(0.0, next_check - time.monotonic()))
+        except queue.Empty:
+            kind, value = "check", None
+        if kind == "line":
+            yield value
+        elif kind == "end":
+            return
+        elif kind == "error":
+            raise value
+        if time.monotonic() >= next_check:
+            next_check = time.monotonic() + check_s
+            try:
+                gone = client.get_deployment(name).state in GONE_STATES
+            except NotFoundError:
+                gone = True
+            if gone:
+                err_console.print(Text(f"deployment {name} was deleted"))
+                return
+
+
 @app.command()
-def events(
-    ctx: typer.Context,
-    name: NameArg,
-) -> None:
+def events(ctx: typer.Context, name: NameArg, output: OutputOpt = Output.table) -> None:
     """Show a deployment's setup and worker events."""
     with _api(ctx) as client:
         items = client.events(name)
+    if output is Output.json:
+        _json_out([e.model_dump(mode="json") for e in items])
+        return
     rows = [[e.at, e.kind, e.state, e.message] for e in items]
     _table(("AT", "KIND", "STATE", "MESSAGE"), rows, "no events", wrap="MESSAGE")
+
+
+WINDOWS = ("1h", "6h", "24h", "7d", "30d")
 
 
 @app.command()
@@ -279,8 +352,11 @@ def usage(
     ctx: typer.Context,
     window: Annotated[str, typer.Option(help="1h, 6h, 24h, 7d or 30d.")] = "24h",
     deployment: Annotated[str | None, typer.Option(help="Only this deployment.")] = None,
+    output: OutputOpt = Output.table,
 ) -> None:
     """Print usage and spend: the summary, then one row per deployment."""
+    if window not in WINDOWS:
+        raise typer.BadParameter(f"must be one of {', '.join(WINDOWS)}", param_hint="--window")
     with _api(ctx) as client:
         total = client.usage_summary(window, deployment).model_dump()
         rows = [] if deployment else [r.model_dump() for r in client.usage_by_deployment(window)]
@@ -288,6 +364,9 @@ def usage(
         rows = [*rows, {**total, "deployment": "TOTAL"}]
     else:
         rows = [{**total, "deployment": deployment}]
+    if output is Output.json:
+        _json_out(rows)
+        return
     _table(
         ("DEPLOYMENT", "REQUESTS", "PROMPT", "COMPLETION", "AVG LATENCY", "AVG TTFT", "COST"),
         [
@@ -298,7 +377,7 @@ def usage(
                 r.get("completion_tokens", 0),
                 f"{r.get('avg_latency_ms', 0):.1f} ms",
                 f"{r.get('avg_ttft_ms', 0):.1f} ms",
-                f"${r.get('cost', 0):.6f}",
+                money(r.get("cost", 0)),
             ]
             for r in rows
         ],
@@ -322,9 +401,16 @@ def rm(
     name: NameArg,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
 ) -> None:
-    """Delete a deployment and its workers."""
+    """Delete a deployment, its workers and its storage. Asks first; `--yes` (-y) does not
+    (needed without a terminal, e.g. in scripts)."""
     if not yes:
-        typer.confirm(f"Delete deployment {name}?", abort=True)
+        try:
+            typer.confirm(f"Delete deployment {name}?", abort=True)
+        except typer.Abort:
+            raise _fail(
+                f"deployment {name} not deleted: answer y, or pass --yes (-y) to delete "
+                "without asking (scripts, no terminal)"
+            ) from None
     with _api(ctx) as client:
         client.delete_deployment(name)
     console.print(Text(f"deleted deployment {name}"))

@@ -10,7 +10,18 @@ from typing import Annotated, Any
 import typer
 from rich.text import Text
 
-from torpor.cli.common import _api, _fail, _table, app, apps_app, console, err_console
+from torpor.cli.common import (
+    Output,
+    OutputOpt,
+    _api,
+    _fail,
+    _json_out,
+    _table,
+    app,
+    apps_app,
+    console,
+    err_console,
+)
 from torpor.sdk import FunctionError
 
 
@@ -108,12 +119,17 @@ def run(
 
 
 @apps_app.command("ls")
-def apps_ls(ctx: typer.Context) -> None:
+def apps_ls(ctx: typer.Context, output: OutputOpt = Output.table) -> None:
     """Apps and their functions, with each function's status and workers."""
     from torpor.functions.deploy import app_deployments
 
     with _api(ctx) as client:
         apps = app_deployments(client)
+    if output is Output.json:
+        _json_out(
+            {name: [d.model_dump(mode="json") for d in deps] for name, deps in sorted(apps.items())}
+        )
+        return
     rows = [
         [name, d.options.get("function"), d.options.get("kind"), d.name, d.status,
          f"{d.ready_workers}/{d.desired_workers}", d.options.get("image")]
@@ -134,7 +150,13 @@ def apps_rm(
     from torpor.functions.deploy import delete_app
 
     if not yes:
-        typer.confirm(f"Delete app {name} and all its functions?", abort=True)
+        try:
+            typer.confirm(f"Delete app {name} and all its functions?", abort=True)
+        except typer.Abort:
+            raise _fail(
+                f"app {name} not deleted: answer y, or pass --yes (-y) to delete without "
+                "asking (scripts, no terminal)"
+            ) from None
     with _api(ctx) as client:
         deleted = delete_app(name, client)
     if not deleted:

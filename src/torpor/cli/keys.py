@@ -7,7 +7,19 @@ from typing import Annotated
 import typer
 from rich.text import Text
 
-from torpor.cli.common import _api, _table, app, console, err_console, keys_app
+from torpor.cli.common import (
+    Output,
+    OutputOpt,
+    _ago,
+    _api,
+    _json_out,
+    _table,
+    app,
+    console,
+    err_console,
+    keys_app,
+    money,
+)
 
 
 @keys_app.command("create")
@@ -32,17 +44,29 @@ def keys_create(
     err_console.print(Text("Store this key now: it will not be shown again.", style="yellow"))
 
 
+def _budget(spent: float | None, budget: float | None) -> str:
+    if budget is None:
+        return money(spent) if spent else "-"
+    flag = " OVER" if (spent or 0) >= budget else ""
+    return f"{money(spent)} of {money(budget)}{flag}"
+
+
 @keys_app.command("ls")
-def keys_ls(ctx: typer.Context) -> None:
-    """List API keys (secrets are never shown)."""
+def keys_ls(ctx: typer.Context, output: OutputOpt = Output.table) -> None:
+    """List API keys (secrets are never shown), with month-to-date spend and last use."""
     with _api(ctx) as client:
         items = client.list_keys()
+    if output is Output.json:
+        _json_out([k.model_dump(mode="json") for k in items])
+        return
     rows = [
-        [k.id, k.name, k.prefix, "all" if k.deployments is None else ", ".join(k.deployments),
-         "yes" if k.admin else "no", k.created_at, k.revoked_at]
+        [k.id, k.name, "all" if k.deployments is None else ", ".join(k.deployments),
+         "yes" if k.admin else "no",
+         _budget(getattr(k, "spend_month_usd", None), k.budget_usd_monthly),
+         _ago(getattr(k, "last_used_at", None)), "revoked" if k.revoked_at else "active"]
         for k in items
     ]  # fmt: skip
-    columns = ("ID", "NAME", "PREFIX", "DEPLOYMENTS", "ADMIN", "CREATED", "REVOKED")
+    columns = ("ID", "NAME", "DEPLOYMENTS", "ADMIN", "SPEND (MONTH)", "LAST USED", "STATE")
     _table(columns, rows, "no keys", wrap="DEPLOYMENTS")
 
 
@@ -58,10 +82,13 @@ def keys_revoke(
 
 
 @app.command("gpus")
-def list_gpus(ctx: typer.Context) -> None:
+def list_gpus(ctx: typer.Context, output: OutputOpt = Output.table) -> None:
     """Accelerators: type, memory and the worker that holds each."""
     with _api(ctx) as client:
         devices = client.gpus()
+    if output is Output.json:
+        _json_out([d.model_dump(mode="json") for d in devices])
+        return
     rows = [
         [
             d.kind,
