@@ -223,6 +223,7 @@ async def timeseries(
         series.append({
             "start": at.isoformat(),
             "requests": acc.requests,
+            "errors": acc.errors,
             "request_rate": round(acc.requests / seconds, 6),
             "prompt_tokens": acc.prompt_tokens,
             "completion_tokens": acc.completion_tokens,
