@@ -86,6 +86,7 @@ async def _in_process(cfg: Config, data_dir: Path) -> dict[str, Any]:
             if time.monotonic() > deadline:
                 raise RuntimeError("deployments did not reach running")
             await asyncio.sleep(0.05)
+            await controller.tick()  # applies the setup jobs' results
         out["create_all_s"] = round(time.perf_counter() - t0, 3)
 
         # Scale-up: the first cycle starts every worker, the next one finds them ready.

@@ -12,7 +12,7 @@ from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from torpor.errors import QueueFull, TorporError, WaitTimeout
+from torpor.errors import NoCapacity, QueueFull, TorporError, WaitTimeout
 from torpor.router import Candidate, pick_worker
 
 # A worker the proxy could not reach gets no requests for this long: the controller sees a
@@ -72,6 +72,8 @@ class DeploymentGate:
     blocked: TorporError | None = None
     # True while the controller has a worker starting: a wait that runs out is a 504.
     starting: bool = False
+    # True while the only workers starting wait for capacity: a wait that runs out is a 503.
+    no_capacity: bool = False
     # Workers the proxy found unreachable, and until when they get no requests.
     suspended: dict[str, float] = field(default_factory=dict)
 
@@ -120,6 +122,8 @@ class DeploymentGate:
             self.queue.remove(waiter)
 
     def timeout_error(self) -> TorporError:
+        if self.no_capacity:
+            return NoCapacity()
         if self.starting:
             return WaitTimeout()
         return QueueFull(headers={"Retry-After": "1"})

@@ -22,6 +22,8 @@ class WorkerView:
     inflight: int
     # When the worker last finished a request (or became ready); None while provisioning.
     idle_since: float | None
+    # Started but not placed: waiting for capacity on the cluster.
+    pending: bool = False
 
 
 @dataclass(frozen=True)
@@ -38,6 +40,9 @@ class ScalingView:
     workers: tuple[WorkerView, ...]
     # Earliest time a replacement may start after failures (restart backoff).
     start_not_before: float = 0.0
+    # New workers that can be placed now (free devices); None where nothing says so (the
+    # runtime queues starts for capacity, or the workers need no device).
+    capacity: int | None = None
 
 
 @dataclass(frozen=True)
@@ -52,6 +57,8 @@ class ScalingPlan:
     # When the plan would change by itself (idle deadline or backoff end), for the loop's timer.
     wake_at: float | None = None
     desired: int = 0
+    # Starts wanted that no capacity is free for.
+    short: int = 0
     notes: tuple[str, ...] = field(default=())
 
 
@@ -59,7 +66,9 @@ def plan_scaling(view: ScalingView, now: float) -> ScalingPlan:
     """Decide starts, stops and drains for one deployment.
 
     Rollout: workers of an older spec version keep serving until a new-version worker is
-    ready, then drain one for one (surge of up to one worker per outdated worker).
+    ready, then drain one for one (surge of up to one worker per outdated worker). With no
+    capacity for a surge, replace in place: drain one outdated worker, start its successor
+    when its devices are free, and drain the next only once that successor is ready.
     Scale-down: only workers idle for idle_timeout_s, never below the desired count.
     """
     desired = desired_workers(view.demand, view.concurrency, view.min_workers, view.max_workers)
@@ -87,12 +96,33 @@ def plan_scaling(view: ScalingView, now: float) -> ScalingPlan:
     for w in outdated_ready[: max(0, excess_ready)]:
         drain.append(w.id)
 
+    short = 0
+    if view.capacity is not None and start > view.capacity:
+        short = start - view.capacity
+        start = view.capacity
+        draining = any(w.state is WorkerState.DRAINING for w in view.workers)
+        starting = any(w.state is WorkerState.PROVISIONING for w in current)
+        spare = [w for w in outdated_ready if w.id not in drain]
+        if spare and not (draining or starting or start or drain):
+            # Replace in place: the least busy outdated worker makes room for its successor.
+            drain.append(min(spare, key=lambda w: w.inflight).id)
+
+    # Starting workers still waiting for capacity beyond what is wanted are not needed.
+    waiting = [w for w in current if w.state is WorkerState.PROVISIONING and w.pending]
+    spare_starts = len(current) - target
+    for w in waiting[: max(0, spare_starts)]:
+        stop.append((w.id, "no longer needed"))
+
     finish_drain = tuple(
         w.id for w in view.workers if w.state is WorkerState.DRAINING and w.inflight == 0
     )
 
     # Idle reap: beyond the desired count, stop workers idle for idle_timeout_s.
-    surplus = len(current) - max(desired, view.min_workers)
+    surplus = (
+        len(current)
+        - max(desired, view.min_workers)
+        - sum(1 for s in stop if s[1] == "no longer needed")
+    )
     if surplus > 0 and not outdated_ready:
         idle = sorted(
             (w for w in current_ready if w.inflight == 0 and w.idle_since is not None),
@@ -115,6 +145,7 @@ def plan_scaling(view: ScalingView, now: float) -> ScalingPlan:
         finish_drain=finish_drain,
         wake_at=wake_at,
         desired=desired,
+        short=short,
     )
 
 

@@ -97,6 +97,16 @@ def detect_nvidia() -> list[Device]:
     return devices
 
 
+def matches_model(device_model: str, wanted: str) -> bool:
+    """`H100` matches `NVIDIA H100 80GB HBM3` and `H100-80GB`; case and separators aside."""
+
+    def norm(text: str) -> str:
+        return re.sub(r"[^a-z0-9]+", " ", text.lower()).strip()
+
+    have, want = f" {norm(device_model)} ", norm(wanted)
+    return bool(want) and (f" {want} " in have or have.strip().startswith(want))
+
+
 class GpuPool:
     """Which worker holds which device. Owned by the controller loop."""
 
@@ -104,20 +114,34 @@ class GpuPool:
         self.devices = devices
         self.holders: dict[tuple[str, int], str] = {}
 
-    def free(self, kind: str = NVIDIA) -> list[Device]:
-        return [d for d in self.devices if d.kind == kind and (kind, d.index) not in self.holders]
+    def free(self, kind: str = NVIDIA, model: str | None = None) -> list[Device]:
+        """Free devices of a kind (and of a model, when one is asked for)."""
+        return [
+            d
+            for d in self.devices
+            if d.kind == kind
+            and (kind, d.index) not in self.holders
+            and (model is None or matches_model(d.model, model))
+        ]
 
-    def allocate(self, worker_id: str, count: int, kind: str = NVIDIA) -> list[int] | None:
+    def allocate(
+        self, worker_id: str, count: int, kind: str = NVIDIA, model: str | None = None
+    ) -> list[int] | None:
         """Device indices for the worker, or None when not enough are free."""
         if count == 0:
             return []
-        free = self.free(kind)
+        free = self.free(kind, model)
         if len(free) < count:
             return None
         chosen = [d.index for d in free[:count]]
         for i in chosen:
             self.holders[(kind, i)] = worker_id
         return chosen
+
+    def claim(self, worker_id: str, indices: list[int], kind: str = NVIDIA) -> None:
+        """Record devices a worker already holds (one adopted from an earlier run)."""
+        for i in indices:
+            self.holders[(kind, i)] = worker_id
 
     def holder(self, device: Device) -> str | None:
         return self.holders.get((device.kind, device.index))

@@ -46,38 +46,82 @@ def tail_all(sources: Sequence[LogSource], n: int) -> list[str]:
     return out
 
 
+def _sizes(paths: Sequence[Path]) -> dict[Path, int]:
+    out = {}
+    for path in paths:
+        try:
+            out[path] = path.stat().st_size
+        except OSError:
+            out[path] = 0
+    return out
+
+
+def _read_new(path: Path, start: int) -> tuple[bytes, int] | None:
+    """Bytes appended since `start` and the new end, or None when nothing was."""
+    try:
+        size = path.stat().st_size
+        if size <= start:
+            return None
+        with path.open("rb") as f:
+            f.seek(start)
+            return f.read(size - start), size
+    except OSError:
+        return None
+
+
+def _read_round(offsets: dict[Path, int], paths: Sequence[Path]) -> dict[Path, bytes]:
+    """One polling round over every file (run in a thread): new bytes per file."""
+    out = {}
+    for path in paths:
+        got = _read_new(path, offsets.setdefault(path, 0))
+        if got is not None:
+            out[path], offsets[path] = got
+    return out
+
+
+async def atail_all(sources: Sequence[LogSource], n: int) -> list[str]:
+    """`tail_all` off the event loop."""
+    return await asyncio.to_thread(tail_all, list(sources), n)
+
+
 async def follow(
     sources: Callable[[], Sequence[LogSource]], n: int, poll_s: float = 0.25
 ) -> AsyncIterator[str]:
     """Yield the tail, then every new line of every worker's log, including workers that
-    start later, until the consumer stops iterating."""
-    offsets: dict[Path, int] = {}
+    start later, until the consumer stops iterating. File I/O runs in a thread."""
     partial: dict[Path, bytes] = {}
     # Offsets first, tail second: a line written while the tail goes out is sent after it
     # (possibly twice), never lost.
-    for src in sources():
-        try:
-            offsets[src.path] = src.path.stat().st_size
-        except OSError:
-            offsets[src.path] = 0
-    for line in tail_all(sources(), n):
+    offsets = await asyncio.to_thread(_sizes, [src.path for src in sources()])
+    for line in await atail_all(sources(), n):
         yield line + "\n"
     while True:
         await asyncio.sleep(poll_s)
-        for src in sources():
-            start = offsets.setdefault(src.path, 0)
-            try:
-                size = src.path.stat().st_size
-                if size <= start:
-                    continue
-                with src.path.open("rb") as f:
-                    f.seek(start)
-                    data = partial.pop(src.path, b"") + f.read(size - start)
-            except OSError:
-                continue
-            offsets[src.path] = size
+        current = list(sources())
+        names = {src.path: src.worker_id for src in current}
+        fresh = await asyncio.to_thread(_read_round, offsets, list(names))
+        for path, chunk in fresh.items():
+            data = partial.pop(path, b"") + chunk
             *complete, rest = data.split(b"\n")
             if rest:
-                partial[src.path] = rest
+                partial[path] = rest
             for raw in complete:
-                yield f"[{src.worker_id}] {raw.decode(errors='replace')}\n"
+                yield f"[{names[path]}] {raw.decode(errors='replace')}\n"
+
+
+async def follow_file(
+    path: Path, start: int | None = None, poll_s: float = 0.25
+) -> AsyncIterator[str]:
+    """New lines of one file from `start` (default: its end now), read in a thread."""
+    offsets = {
+        path: start if start is not None else (await asyncio.to_thread(_sizes, [path]))[path]
+    }
+    partial = b""
+    while True:
+        await asyncio.sleep(poll_s)
+        fresh = await asyncio.to_thread(_read_round, offsets, [path])
+        if path not in fresh:
+            continue
+        *complete, partial = (partial + fresh[path]).split(b"\n")
+        for raw in complete:
+            yield raw.decode(errors="replace") + "\n"

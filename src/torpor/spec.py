@@ -46,7 +46,17 @@ LIVE_FIELDS = frozenset(
 )
 # Fields whose change needs new worker processes: workers are rolled over to the new spec.
 ROLLING_FIELDS = frozenset(
-    {"model", "framework", "framework_args", "env", "gpus", "options", "accelerator", "source"}
+    {
+        "model",
+        "framework",
+        "framework_args",
+        "env",
+        "gpus",
+        "options",
+        "accelerator",
+        "gpu_type",
+        "source",
+    }
 )
 
 Accelerator = Literal["nvidia.com/gpu", "furiosa.ai/rngd"]
@@ -65,6 +75,7 @@ StorageGb = Annotated[float, Field(gt=0, le=MAX_STORAGE_GB)]
 Price = Annotated[float, Field(ge=0, le=MAX_PRICE_USD)]
 BudgetUsd = Annotated[float, Field(ge=0, le=MAX_BUDGET_USD)]
 BudgetTokens = Annotated[int, Field(ge=0, le=MAX_SPEC_TOKENS)]
+GpuType = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+$")]
 _STRICT_NUMBERS = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
@@ -126,6 +137,9 @@ class DeploymentSpec(BaseModel):
     gpus: Gpus = 0
     # Accelerator kind of the `gpus` devices.
     accelerator: Accelerator = "nvidia.com/gpu"
+    # A device model the workers must get ("H100", "A100-80GB"); None takes any. Matched
+    # against the local inventory, or Ray's `accelerator_type:` resources on a cluster.
+    gpu_type: GpuType | None = None
     # Hugging Face source details: revision and file patterns.
     source: ModelSource = Field(default_factory=ModelSource)
     # The deployment's storage limit: the model must fit (checked before and while fetching).
@@ -186,6 +200,7 @@ class DeploymentPatch(BaseModel):
     framework_args: list[str] | None = None
     gpus: Gpus | None = None
     accelerator: Accelerator | None = None
+    gpu_type: GpuType | None = None
     source: ModelSource | None = None
     storage_gb: StorageGb | None = None
     catalog: Catalog | None = None

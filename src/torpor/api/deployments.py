@@ -12,7 +12,7 @@ from torpor.api.deps import AdminDep, CallerDep, ServicesDep
 from torpor.api.views import deployment_view
 from torpor.controller import Deployment
 from torpor.errors import InvalidSpec, NotFound
-from torpor.logs import LogSource, follow, tail_all
+from torpor.logs import LogSource, atail_all, follow
 from torpor.spec import DeploymentPatch, DeploymentSpec
 from torpor.validation import format_errors
 
@@ -83,7 +83,7 @@ async def logs(
 
     if follow_:
         return StreamingResponse(follow(sources, tail), media_type="text/plain; charset=utf-8")
-    lines = tail_all(sources(), tail)
+    lines = await atail_all(sources(), tail)
     return PlainTextResponse("".join(line + "\n" for line in lines))
 
 

@@ -30,6 +30,7 @@ def worker_view(w: Worker, inflight: int) -> dict[str, Any]:
         "pid": h.pid if h else None,
         "port": h.port if h else None,
         "host": h.host if h else None,
+        "node": w.node,
         "spec_version": w.spec_version,
         "inflight": inflight,
         "gpu_ids": w.gpu_ids,

@@ -12,15 +12,17 @@ Handles carry pids above the kernel's largest possible pid, so no signal sent by
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 
-from torpor.runtime.base import LaunchSpec, ProbeResult, WorkerHandle
+from torpor.runtime.base import LaunchSpec, ProbeResult, WorkerHandle, WorkerRecord, file_logs
 
 # Linux's pid_max is at most 2**22; every fake pid is above it.
 FAKE_PID_BASE = 2**22 + 1
 
 
 class FakeRuntime:
+    assigns_devices = False
+
     def __init__(
         self,
         host: str = "127.0.0.1",
@@ -79,7 +81,13 @@ class FakeRuntime:
         started = self._started[handle.worker_id]
         return ProbeResult(exit_code=None, ready=self._clock() - started >= self._ready_after_s)
 
-    async def stop_orphan(self, worker_id: str, pid: int, create_time: float) -> bool:
+    def logs(self, handle: WorkerHandle, tail: int, follow: bool) -> AsyncIterator[str]:
+        return file_logs(handle.log_path, tail, follow)
+
+    async def orphans(self, records: Sequence[WorkerRecord]) -> list[WorkerHandle]:
+        return []
+
+    async def adopt(self, handle: WorkerHandle) -> bool:
         return False
 
     def crash(self, worker_id: str, code: int = 1) -> None:

@@ -15,13 +15,13 @@ import os
 import signal
 import socket
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 
 import aiohttp
 import psutil
 
 from torpor.gpus import NVIDIA, VISIBLE_DEVICES_ENV
-from torpor.runtime.base import LaunchSpec, ProbeResult, WorkerHandle
+from torpor.runtime.base import LaunchSpec, ProbeResult, WorkerHandle, WorkerRecord, file_logs
 from torpor.runtime.containers import (
     GPU_IDS,
     INSTANCE,
@@ -57,6 +57,9 @@ def _substitute(value: str, values: Mapping[str, str]) -> str:
 
 
 class LocalRuntime:
+    # Devices come from torpor's GPU pool (`LaunchSpec.device_env`).
+    assigns_devices = False
+
     def __init__(
         self,
         http: Callable[[], aiohttp.ClientSession],
@@ -170,6 +173,10 @@ class LocalRuntime:
         cli = self._containers.pop(handle.worker_id, None)
         try:
             if proc is None:
+                if handle.pid is not None:  # a worker of an earlier run (see orphans)
+                    await self._stop_orphan_process(
+                        handle.worker_id, handle.pid, handle.create_time
+                    )
                 return None
             if proc.returncode is None:
                 _signal_group(proc.pid, signal.SIGTERM)
@@ -189,6 +196,39 @@ class LocalRuntime:
             if cli is not None:
                 # The container outlives its command line when that was killed: remove it.
                 await cli.remove([container_name(handle.worker_id)])
+
+    def logs(self, handle: WorkerHandle, tail: int, follow: bool) -> AsyncIterator[str]:
+        return file_logs(handle.log_path, tail, follow)
+
+    async def orphans(self, records: Sequence[WorkerRecord]) -> list[WorkerHandle]:
+        """Workers of an earlier run whose process still runs (the same process: same start
+        time or same worker id in its environment). Containers of an earlier run are
+        removed here too."""
+        found = []
+        for r in records:
+            if r.pid is not None and await asyncio.to_thread(
+                _same_process, r.pid, r.create_time or 0.0, r.worker_id
+            ):
+                found.append(
+                    WorkerHandle(
+                        worker_id=r.worker_id,
+                        host=self._host,
+                        port=r.port or 0,
+                        log_path=r.log_path,
+                        health_path=r.health_path,
+                        pid=r.pid,
+                        create_time=r.create_time or 0.0,
+                    )
+                )
+        exe = container_runtime()
+        if exe is not None:
+            await self._sweep_containers(exe)
+        return found
+
+    async def adopt(self, handle: WorkerHandle) -> bool:
+        """Never: a local worker is a child of the torpor that started it (it dies with it);
+        one that survived is stopped."""
+        return False
 
     async def stop_orphan(self, worker_id: str, pid: int, create_time: float) -> bool:
         stopped = await self._stop_orphan_process(worker_id, pid, create_time)
@@ -239,6 +279,16 @@ class LocalRuntime:
                 _signal_group(pid, signal.SIGKILL)
                 await asyncio.to_thread(proc.wait, 5)
         return True
+
+
+def _same_process(pid: int, create_time: float, worker_id: str) -> bool:
+    try:
+        proc = psutil.Process(pid)
+        if abs(proc.create_time() - create_time) < 1.0:
+            return True
+        return proc.environ().get(WORKER_ID_ENV) == worker_id
+    except psutil.Error:
+        return False
 
 
 def _signal_group(pid: int, sig: signal.Signals) -> None:
