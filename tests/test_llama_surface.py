@@ -5,6 +5,7 @@ output, and the engine's reasons when it refuses a request."""
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -86,3 +87,49 @@ def test_engine_refusals_carry_the_engine_reason(llama: TorporServer) -> None:
     assert message == (
         "Worker error: Llama model must be created with embedding=True to call this method"
     )
+
+
+def _summary(server: TorporServer) -> dict[str, Any]:
+    with server.api() as c:
+        r = c.get("/api/usage/summary", params={"window": "1h", "deployment": "smollm2"})
+        assert r.status_code == 200, r.text
+        return dict(r.json())
+
+
+def test_stream_usage_is_counted_by_the_engine_tokenizer_and_billed(llama: TorporServer) -> None:
+    client = llama.openai()
+    before = _summary(llama)
+    messages: Any = [{"role": "user", "content": "Count from one to five, please."}]
+    plain = client.chat.completions.create(model="smollm2", messages=messages, max_tokens=12)
+    assert plain.usage is not None and plain.usage.prompt_tokens > 20  # template included
+
+    chunks = list(
+        client.chat.completions.create(
+            model="smollm2",
+            messages=messages,
+            max_tokens=12,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    usage = [c.usage for c in chunks if c.usage is not None]
+    assert len(usage) == 1 and chunks[-1].usage is not None  # last, as OpenAI sends it
+    assert usage[0].prompt_tokens == plain.usage.prompt_tokens
+    assert 0 < usage[0].completion_tokens <= 12
+    assert usage[0].total_tokens == usage[0].prompt_tokens + usage[0].completion_tokens
+
+    # A stream that did not ask for usage gets none, and is still billed exactly.
+    quiet = list(
+        client.chat.completions.create(
+            model="smollm2", messages=messages, max_tokens=12, stream=True
+        )
+    )
+    assert quiet and all(c.usage is None for c in quiet)
+
+    deadline = time.monotonic() + 10
+    after = _summary(llama)
+    while after["requests"] < before["requests"] + 3 and time.monotonic() < deadline:
+        time.sleep(0.1)
+        after = _summary(llama)
+    assert after["requests"] == before["requests"] + 3
+    assert after["prompt_tokens"] - before["prompt_tokens"] == 3 * plain.usage.prompt_tokens

@@ -69,3 +69,21 @@ def test_completions_text_and_comments_pass_through() -> None:
     out = feed_all(s, [b": keep-alive\n\n", text, DONE])
     assert out == b": keep-alive\n\n" + text + DONE
     assert s.content_chunks == 1
+
+
+def test_held_done_waits_for_the_engine_count() -> None:
+    from torpor.metering.sse import StreamUsage
+
+    scanner = StreamUsage(strip_usage_chunk=False, want_usage_chunk=True, collect_text=True)
+    chunk = b'data: {"id":"c1","object":"chat.completion.chunk","created":1,"model":"m",'
+    out = scanner.feed(chunk + b'"choices":[{"index":0,"delta":{"content":"Hi there"}}]}\n\n')
+    tool = b'"choices":[{"index":0,"delta":{"tool_calls":[{"index":0,'
+    out += scanner.feed(chunk + tool)
+    out += scanner.feed(b'"function":{"name":"f","arguments":"{}"}}]}}]}\n\ndata: [DONE]\n\n')
+    assert b"[DONE]" not in out and scanner.done and scanner.estimated
+    assert scanner.text == "Hi theref{}"
+    scanner.counted(31, 4)
+    tail = scanner.release()
+    assert tail.endswith(b"data: [DONE]\n\n")
+    assert b'"usage":{"prompt_tokens":31,"completion_tokens":4,"total_tokens":35}' in tail
+    assert not scanner.estimated and scanner.tokens() == (31, 4)

@@ -5,10 +5,11 @@ from __future__ import annotations
 import shutil
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from torpor.engines.base import OPENAI_ROUTES, EngineLaunch, refuse_unknown_options
 from torpor.engines.fields import RequestFields
+from torpor.engines.tokens import TokenCall, TokenCalls, prompt_of
 
 if TYPE_CHECKING:
     from torpor.spec import DeploymentSpec
@@ -18,7 +19,8 @@ class LlamaCppEngine:
     name = "llama.cpp"
     # llama-server also serves /v1/rerank; llama-cpp-python answers 404 there.
     routes = OPENAI_ROUTES | {"/v1/rerank"}
-    control_routes = frozenset({"/slots", "/slots/*", "/props", "/lora-adapters"})
+    # /torpor/*: the token count route of torpor.llamacpp_worker.
+    control_routes = frozenset({"/slots", "/slots/*", "/props", "/lora-adapters", "/torpor/*"})
     # llama-cpp-python reads neither `max_completion_tokens` nor `n`, and knows
     # `json_schema` only as `{"type": "json_object", "schema": ...}` (llama-server reads both).
     request_fields = RequestFields(
@@ -32,6 +34,20 @@ class LlamaCppEngine:
 
     def needs_model(self, spec: DeploymentSpec) -> bool:
         return True
+
+    def token_calls(
+        self, model: str, route: str, payload: dict[str, Any], completion: str
+    ) -> TokenCalls | None:
+        """llama-cpp-python streams carry no usage: count with the worker's own chat handler
+        and tokenizer (torpor.llamacpp_worker). llama-server reports usage itself."""
+        prompt = prompt_of(route, payload)
+        if prompt is None or shutil.which("llama-server"):
+            return None
+        path = "/torpor/tokenize/count"
+        return TokenCalls(
+            TokenCall(path, {"model": model, **prompt}),
+            TokenCall(path, {"model": model, "text": completion}),
+        )
 
     def validate(self, spec: DeploymentSpec) -> None:
         if not spec.model:
@@ -49,7 +65,8 @@ class LlamaCppEngine:
             return EngineLaunch(
                 tuple(argv + spec.framework_args), health_path="/health", served_model=spec.name
             )
-        argv = [sys.executable, "-m", "llama_cpp.server", "--model", str(model_path)]
+        # llama-cpp-python's server, with torpor's token count route added.
+        argv = [sys.executable, "-m", "torpor.llamacpp_worker", "--model", str(model_path)]
         argv += ["--host", "{host}", "--port", "{port}", "--model_alias", spec.name]
         # This server runs one request at a time, and by default a new request cuts off a
         # stream in flight; queued requests must wait their turn instead.

@@ -12,8 +12,8 @@ from torpor.engines.base import (
     flag,
     validate_model_server,
 )
-from torpor.engines.tokens import TokenCall, TokenCalls, prompt_of
 from torpor.engines.describe import option_names
+from torpor.engines.tokens import TokenCall, TokenCalls, prompt_of
 
 if TYPE_CHECKING:
     from torpor.spec import DeploymentSpec

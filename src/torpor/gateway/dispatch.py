@@ -26,6 +26,7 @@ import orjson
 
 from torpor.admission import DeploymentGate, Lease
 from torpor.auth import ApiKey
+from torpor.engines.tokens import TokenCalls
 from torpor.errors import (
     DeploymentUnavailable,
     InferenceTimeout,
@@ -34,6 +35,7 @@ from torpor.errors import (
     error_body,
 )
 from torpor.gateway.engine_errors import engine_error
+from torpor.gateway.tokens import count_tokens
 from torpor.metering.meter import RequestUsage, Reservation
 from torpor.metering.sse import StreamUsage
 
@@ -81,6 +83,9 @@ class UpstreamRequest:
     want_usage_chunk: bool = False
     # The request's own cap on generated tokens, reserved against budgets while it runs.
     max_tokens: int | None = None
+    # Streams: completion text -> the engine's calls that count this request's tokens,
+    # used when the engine sent no usage (torpor.engines.tokens).
+    count_tokens: Callable[[str], TokenCalls | None] | None = None
 
     @property
     def route(self) -> str:
@@ -107,6 +112,9 @@ class _Trace:
     completion_tokens: int = 0
     estimated: bool = False
     complete: bool = False
+    # The engine's tokenizer counting a finished stream after the client had its answer;
+    # the usage record waits for it.
+    counting: asyncio.Future[None] | None = None
 
     def usage(self, req: UpstreamRequest, now: float) -> RequestUsage:
         ms = 1000.0
@@ -186,7 +194,13 @@ class Dispatcher:
             raise
         finally:
             if meter is not None:
-                meter.record(trace.usage(req, time.monotonic()), hold)
+                ended = time.monotonic()
+                if trace.counting is not None and not trace.counting.done():
+                    trace.counting.add_done_callback(
+                        lambda _: meter.record(trace.usage(req, ended), hold)
+                    )
+                else:
+                    meter.record(trace.usage(req, ended), hold)
 
     async def _forward(
         self, gate: DeploymentGate, req: UpstreamRequest, out: Sink, trace: _Trace
@@ -305,7 +319,7 @@ class _Upstream:
         complete = False
         try:
             if req.stream and resp.status == 200:
-                await self._pass_stream(resp, worker, out)
+                await self._pass_stream(resp, worker, out, lease.route.url)
             else:
                 try:
                     data = await resp.read()
@@ -325,11 +339,16 @@ class _Upstream:
                 resp.close()
 
     async def _pass_stream(
-        self, resp: aiohttp.ClientResponse, worker: tuple[bytes, bytes], out: Sink
+        self, resp: aiohttp.ClientResponse, worker: tuple[bytes, bytes], out: Sink, url: str
     ) -> None:
-        """Chunk by chunk to the client; usage is read on the way."""
+        """Chunk by chunk to the client; usage is read on the way. When the engine sent
+        none, its tokenizer counts the stream once it is over: before the usage chunk the
+        client asked for, else after the client has its whole answer."""
         req, trace = self.req, self.trace
-        scanner = StreamUsage(req.strip_usage_chunk, req.want_usage_chunk)
+        counter = req.count_tokens
+        scanner = StreamUsage(
+            req.strip_usage_chunk, req.want_usage_chunk, collect_text=counter is not None
+        )
         trace.status = 200
         if not out.started:
             await out.start_sse([worker])
@@ -352,7 +371,25 @@ class _Upstream:
         finally:
             trace.prompt_tokens, trace.completion_tokens = scanner.tokens()
             trace.estimated = scanner.estimated
-        await out.body(scanner.flush(), more=False)
+        calls = None
+        if counter is not None and scanner.done and not scanner.engine_usage:
+            calls = counter(scanner.text)
+        if calls is not None and not req.want_usage_chunk:
+            # The client has its answer first (and may hang up: the count goes on).
+            trace.counting = asyncio.ensure_future(self._count(url, calls, scanner))
+            await out.body(scanner.flush(), more=False)
+            return
+        if calls is not None:
+            await self._count(url, calls, scanner)
+        await out.body(scanner.release() + scanner.flush(), more=False)
+
+    async def _count(self, url: str, calls: TokenCalls, scanner: StreamUsage) -> None:
+        counts = await count_tokens(self.deps.http(), url, calls)
+        if counts is not None:
+            scanner.counted(*counts)
+            trace = self.trace
+            trace.prompt_tokens, trace.completion_tokens = counts
+            trace.estimated = False
 
     async def _relay(
         self,

@@ -21,6 +21,7 @@ import orjson
 from torpor.auth import ApiKey, KeyRing
 from torpor.engines.base import Engine
 from torpor.engines.fields import normalise, request_fields_of
+from torpor.engines.tokens import token_counter
 from torpor.errors import (
     BadRequest,
     DeploymentUnavailable,
@@ -240,6 +241,11 @@ class Proxy:
             strip_usage_chunk=strip_usage,
             want_usage_chunk=want_usage,
             max_tokens=_max_tokens(payload),
+            count_tokens=(
+                token_counter(engine, deployment, path, payload)
+                if stream and payload is not None and path in _METERED_STREAMS
+                else None
+            ),
         )
         if deps.async_submit is not None and (_header(headers, b"x-async") or "").lower() in _TRUE:
             if deps.dispatcher.meter is not None:

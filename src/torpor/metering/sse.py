@@ -2,8 +2,10 @@
 
 torpor asks the engine for a final usage chunk (`stream_options.include_usage`); when the
 client did not ask for it, that chunk is dropped before it reaches the client. Engines
-that ignore the option get their content chunks counted instead, and a client that asked
-for usage gets a usage chunk made from that count.
+that ignore the option get their tokens counted with the engine's tokenizer when it has one
+(the text is collected for that, and `[DONE]` held back until the count is in), else their
+content chunks counted as an estimate; a client that asked for usage gets a usage chunk
+made from that count.
 """
 
 from __future__ import annotations
@@ -27,13 +29,40 @@ class StreamUsage:
 
     strip_usage_chunk: bool
     want_usage_chunk: bool
+    # The engine can count tokens: keep the completion text, and hold `[DONE]` back (when
+    # the client wants a usage chunk) until `counted()` has the numbers.
+    collect_text: bool = False
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     content_chunks: int = 0
     # The engine sent `data: [DONE]`: the answer is complete even if the client hangs up now.
     done: bool = False
+    # Set by `counted()`: the numbers came from the engine's tokenizer.
+    exact: bool = False
     _pending: bytes = b""
     _last: dict[str, Any] = field(default_factory=dict)
+    _text: list[str] = field(default_factory=list)
+    _held_done: bytes | None = None
+
+    @property
+    def engine_usage(self) -> bool:
+        """The engine sent a usage object of its own."""
+        return self.completion_tokens is not None and not self.exact
+
+    @property
+    def text(self) -> str:
+        return "".join(self._text)
+
+    def counted(self, prompt: int, completion: int) -> None:
+        """The engine's tokenizer counted what the stream did not report."""
+        self.prompt_tokens, self.completion_tokens, self.exact = prompt, completion, True
+
+    def release(self) -> bytes:
+        """The held `[DONE]`, after the usage chunk the client asked for."""
+        held, self._held_done = self._held_done, None
+        if held is None:
+            return b""
+        return self._synthesized() + b"\n\n" + held + b"\n\n"
 
     @property
     def estimated(self) -> bool:
@@ -70,6 +99,9 @@ class StreamUsage:
         if line == _DONE:
             self.done = True
             if self.want_usage_chunk and self.completion_tokens is None:
+                if self.collect_text:
+                    self._held_done = event
+                    return None
                 return self._synthesized() + b"\n\n" + event
             return event
         if not line.startswith(b"data:"):
@@ -78,6 +110,8 @@ class StreamUsage:
         # object, and for the first one (its id and model name a synthesized usage chunk).
         if _CONTENT.search(line):
             self.content_chunks += 1
+            if self.collect_text:
+                self._collect(line)
         if _USAGE.search(line) is None and self._last:
             return event
         try:
@@ -95,6 +129,26 @@ class StreamUsage:
             if self.strip_usage_chunk and not obj.get("choices"):
                 return None
         return event
+
+    def _collect(self, line: bytes) -> None:
+        try:
+            obj = orjson.loads(line[5:])
+        except orjson.JSONDecodeError:
+            return
+        for choice in obj.get("choices") or () if isinstance(obj, dict) else ():
+            if not isinstance(choice, dict):
+                continue
+            delta = choice.get("delta")
+            part = delta if isinstance(delta, dict) else choice
+            for name in ("content", "text"):
+                if isinstance(part.get(name), str):
+                    self._text.append(part[name])
+            for call in part.get("tool_calls") or ():
+                function = call.get("function") if isinstance(call, dict) else None
+                if isinstance(function, dict):
+                    self._text.extend(
+                        v for v in (function.get("name"), function.get("arguments")) if v
+                    )
 
     def _synthesized(self) -> bytes:
         prompt, completion = self.tokens()
