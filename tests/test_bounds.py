@@ -275,3 +275,27 @@ def test_check_json_value_accepts_plain_json() -> None:
 def test_spec_options_refuse_non_finite_numbers() -> None:
     message = spec_error(framework="custom", options={"command": "x {port}", "port": float("inf")})
     assert message.startswith("options: ") and "finite" in message
+
+
+# -- other free-form JSON the API stores or forwards -----------------------------------------
+
+
+@pytest.mark.parametrize("literal", ["Infinity", "NaN", HUGE_INT + "0000"])
+def test_conversation_settings_must_be_finite(api: httpx.Client, literal: str) -> None:
+    body = f'{{"deployment": "fake", "settings": {{"temperature": {literal}}}}}'
+    message = refused(api.post("/api/conversations", content=body), "settings")
+    assert "temperature" in message
+    created = api.post("/api/conversations", json={"deployment": "fake"})
+    assert created.status_code == 201, created.text
+    conv = created.json()["id"]
+    patch = f'{{"settings": {{"temperature": {literal}}}}}'
+    refused(api.patch(f"/api/conversations/{conv}", content=patch), "settings")
+    assert api.get(f"/api/conversations/{conv}").json()["settings"] == {}
+
+
+@pytest.mark.parametrize("literal", ["Infinity", HUGE_INT])
+def test_async_input_must_be_finite(api: httpx.Client, literal: str) -> None:
+    # A 20-digit integer was a 500: orjson cannot write it on to the engine.
+    body = f'{{"input": {{"max_tokens": {literal}}}}}'
+    message = refused(api.post("/deployment/fake/v1/chat/completions", content=body), "input")
+    assert "max_tokens" in message

@@ -21,6 +21,7 @@ from torpor.asyncreq.views import accepted_view
 from torpor.errors import Forbidden, NotFound
 from torpor.gateway.dispatch import UpstreamRequest
 from torpor.paths import check_route
+from torpor.validation import JsonObject
 
 router = APIRouter(tags=["async"])
 
@@ -30,7 +31,8 @@ _FORWARD = ("x-session-id", "x-request-id")
 class Submit(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    input: dict[str, Any]
+    # Finite numbers, 64-bit integers: it is stored and sent on as JSON (orjson).
+    input: JsonObject
     webhook_url: str | None = None
 
 

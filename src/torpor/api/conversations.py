@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torpor.api.deps import CallerDep, ServicesDep
 from torpor.conversations import MAX_MESSAGES, Conversations, full_view, summary_view
 from torpor.errors import NotFound, QuotaExceeded
+from torpor.validation import JsonObject
 
 router = APIRouter(prefix="/api/conversations", tags=["conversations"])
 
@@ -27,7 +28,7 @@ class ConversationCreate(BaseModel):
     deployment: str = Field(min_length=1, max_length=63)
     title: str = Field(default="New conversation", max_length=200)
     system_prompt: str = Field(default="", max_length=100_000)
-    settings: dict[str, Any] = Field(default_factory=dict)
+    settings: JsonObject = Field(default_factory=dict)
     messages: list[Message] = Field(default_factory=list)
 
 
@@ -36,7 +37,7 @@ class ConversationPatch(BaseModel):
 
     title: str | None = Field(default=None, max_length=200)
     system_prompt: str | None = Field(default=None, max_length=100_000)
-    settings: dict[str, Any] | None = None
+    settings: JsonObject | None = None
     append: list[Message] | None = None
 
 
