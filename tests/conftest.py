@@ -19,8 +19,9 @@ import psutil
 import pytest
 
 from tests.pg_fixture import postgres_server, postgres_url
+from tests.ray_fixture import ray_cluster
 
-__all__ = ["postgres_server", "postgres_url"]
+__all__ = ["postgres_server", "postgres_url", "ray_cluster"]
 
 ADMIN_KEY = "tp-test-admin-key-0123456789abcdef"
 REPO = Path(__file__).resolve().parent.parent

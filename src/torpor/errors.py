@@ -138,6 +138,15 @@ class WaitTimeout(TorporError):
     default_message = "A worker is still starting, please retry shortly"
 
 
+class RayUnavailable(TorporError):
+    """The Ray cluster named by TORPOR_RAY_ADDRESS cannot be reached (at start)."""
+
+    status = 503
+    type = "server_error"
+    code = "ray_unavailable"
+    default_message = "The Ray cluster cannot be reached"
+
+
 def error_body(exc: TorporError) -> dict[str, Any]:
     return {"error": {"message": exc.message, "type": exc.type, "code": exc.code, "param": None}}
 

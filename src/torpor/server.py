@@ -55,6 +55,15 @@ def serve(settings: Settings) -> None:
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if settings.runtime == "ray":
+        from torpor.errors import RayUnavailable
+        from torpor.runtime.ray import connect
+
+        try:
+            connect(settings.ray_address)
+        except RayUnavailable as exc:
+            print(f"torpor: error: {exc.message}", file=sys.stderr)
+            raise SystemExit(2) from None
     if settings.admin_key:
         try:
             check_admin_key(settings.admin_key)

@@ -27,6 +27,7 @@ from torpor.metering.meter import Meter
 from torpor.metering.metrics import Metrics
 from torpor.metering.pricing import Prices
 from torpor.models import BUNDLED_MODEL
+from torpor.runtime import Runtime
 from torpor.runtime.containers import instance_id
 from torpor.runtime.local import LocalRuntime
 from torpor.settings import Settings
@@ -63,6 +64,7 @@ class Services:
     keys: KeyRing = field(init=False)
     admission: Admission = field(init=False)
     controller: Controller = field(init=False)
+    runtime: Runtime = field(init=False)
     gpus: GpuPool = field(init=False)
     async_requests: AsyncRequests = field(init=False)
     metrics: Metrics = field(init=False)
@@ -107,10 +109,11 @@ class Services:
             raw_retention_days=s.usage_raw_retention_days,
         )
         await self.meter.load()
+        self.runtime = await self._runtime()
         self.controller = Controller(
             s,
             self.store,
-            LocalRuntime(self.http, instance=instance_id(s.data_dir)),
+            self.runtime,
             self.admission,
             self.gpus,
             time.monotonic,
@@ -152,9 +155,28 @@ class Services:
             gate.blocked = error
             gate.fail_waiters(error)
 
+    async def _runtime(self) -> Runtime:
+        s = self.settings
+        if s.runtime == "ray":
+            from torpor.runtime.ray import RayRuntime
+
+            ray = RayRuntime(
+                self.http,
+                s.ray_address,
+                instance_id(s.data_dir),
+                node_dir=s.node_cache,
+                log_dir=s.deployments_dir / "_orphans",
+            )
+            await ray.connect()  # RayUnavailable: `torpor serve` exits with a clear error
+            return ray
+        return LocalRuntime(self.http, instance=instance_id(s.data_dir))
+
     async def stop(self) -> None:
         await self.async_requests.stop()  # first: interrupted requests stay accepted
         await self.controller.shutdown()
+        close = getattr(self.runtime, "close", None)
+        if close is not None:
+            await close()
         await self.meter.close()  # after the controller: worker stops are billed too
         await self.store.close()
         if self._http is not None:

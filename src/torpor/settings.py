@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -44,6 +45,15 @@ class Settings(BaseSettings):
     # Backoff between replacements of failed workers: base * 2**(failures-1), capped.
     restart_backoff_base_s: float = Field(default=0.5, ge=0)
     restart_backoff_max_s: float = Field(default=30.0, ge=0)
+    # Where workers run: `local` (child processes on this host) or `ray` (actors on the
+    # nodes of a Ray cluster; install with `pip install -e '.[ray]'`).
+    runtime: Literal["local", "ray"] = "local"
+    # The Ray cluster to join: `auto` (the cluster this host is part of) or `HOST:PORT`.
+    ray_address: str = "auto"
+    # On each Ray node: where worker actors keep logs and models fetched for that node.
+    node_cache: Path = Path("/tmp/torpor-node")
+    # A path mounted on every node (NFS, a shared volume): models are stored there once.
+    shared_storage: Path | None = None
     # Declared accelerators for planning and tests, e.g. "4xA100-80GB"; empty means detect.
     gpus: str = ""
     # Create the embedded `smollm2` deployment on a fresh data dir.

@@ -33,4 +33,15 @@ async def list_gpus(svc: ServicesDep, _: AdminDep) -> dict[str, Any]:
             }
         )
     free = sum(1 for row in data if row["worker"] is None)
-    return {"data": data, "total": len(data), "free": free}
+    out: dict[str, Any] = {"data": data, "total": len(data), "free": free}
+    nodes = getattr(svc.runtime, "nodes", None)
+    if nodes is not None:
+        # A cluster runtime: devices per node (node id, address, type, which worker holds
+        # each), from the cluster's own state.
+        out["nodes"] = await nodes()
+        for node in out["nodes"]:
+            for gpu in node["gpus"]:
+                gpu["deployment"] = owners.get(gpu["worker"]) if gpu["worker"] else None
+        out["total"] = sum(len(n["gpus"]) for n in out["nodes"])
+        out["free"] = sum(1 for n in out["nodes"] for g in n["gpus"] if g["worker"] is None)
+    return out

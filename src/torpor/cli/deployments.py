@@ -60,12 +60,20 @@ def serve(
     ctx: typer.Context,
     host: Annotated[str | None, typer.Option(help="Bind address.", show_default=False)] = None,
     port: Annotated[int | None, typer.Option(help="Port.", show_default=False)] = None,
+    runtime: Annotated[
+        str | None, typer.Option(help="Where workers run: local or ray.", show_default=False)
+    ] = None,
+    ray_address: Annotated[
+        str | None,
+        typer.Option(help="Ray cluster to join (default: auto).", show_default=False),
+    ] = None,
 ) -> None:
     """Run the torpor server (blocks); `--data-dir DIR` keeps its state in DIR."""
     from torpor.server import serve as run_server
     from torpor.settings import Settings
 
     overrides: dict[str, Any] = {"host": host, "port": port, "data_dir": target(ctx).data_dir}
+    overrides.update(runtime=runtime, ray_address=ray_address)
     try:
         settings = Settings(**{key: value for key, value in overrides.items() if value is not None})
     except ValueError as exc:  # pydantic's ValidationError

@@ -432,6 +432,8 @@ class Controller:
     ) -> None:
         if verdict is Verdict.READY:
             w.pending = False
+            if w.handle is not None and w.handle.gpu_ids:
+                w.gpu_ids = list(w.handle.gpu_ids)  # assigned by the cluster
             self.workers.ready(dep, w)
         elif verdict is Verdict.PENDING:
             if not w.pending or w.reason != reason:

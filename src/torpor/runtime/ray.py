@@ -1,0 +1,471 @@
+"""Ray runtime: each worker is one Ray actor placed on a node of a Ray cluster.
+
+- The actor (`ray_actor.WorkerActor`) is named `torpor-<instance>-<worker id>` in the
+  `torpor` namespace and detached: it outlives a torpor that dies, and the next torpor
+  finds it by name and adopts it when it still serves (`orphans`, `adopt`).
+- Resources: `num_gpus` = the spec's `gpus`, one CPU, `accelerator_type` for `gpu_type`
+  (Ray's `accelerator_type:<T>` node resource), a custom resource named after any other
+  accelerator kind. Several GPUs come from one STRICT_PACK placement group bundle (one
+  node). Ray restarts nothing (`max_restarts=0`): torpor's controller decides.
+- A worker Ray cannot place yet is `pending` with the resources it waits for; a Ray
+  cluster with an autoscaler adds a node for that demand by itself.
+- The engine listens on its node's address; the gateway talks to it over HTTP directly.
+  Its log is read back from the actor into torpor's log file for the worker.
+- A worker whose actor dies is ended with "node lost" when its node is gone.
+
+Every Ray call that may block runs in a thread; object refs are awaited as futures.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from torpor.errors import RayUnavailable
+from torpor.gpus import NVIDIA
+from torpor.runtime.base import (
+    LaunchSpec,
+    ProbeResult,
+    Resources,
+    WorkerHandle,
+    WorkerRecord,
+    file_logs,
+)
+
+log = logging.getLogger(__name__)
+
+NAMESPACE = "torpor"
+# A start Ray has not placed after this long is reported as waiting for resources.
+PENDING_AFTER_S = 1.0
+LOG_POLL_S = 0.5
+# How long an unreachable actor's node may take to be declared dead (Ray's health checks).
+NODE_LOSS_WAIT_S = 5.0
+
+
+@dataclass
+class _Actor:
+    """What the runtime knows of one worker's actor."""
+
+    actor: Any
+    name: str
+    created: float
+    handle: WorkerHandle
+    started: asyncio.Future[Any] | None = None
+    pg: Any = None
+    request: dict[str, float] = field(default_factory=dict)
+    placed: bool = False
+    log_offset: int = 0
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+
+def _ray() -> Any:
+    import ray
+
+    return ray
+
+
+class RayRuntime:
+    assigns_devices = True
+
+    def __init__(
+        self,
+        http: Callable[[], aiohttp.ClientSession],
+        address: str,
+        instance: str,
+        node_dir: Path,
+        log_dir: Path,
+        probe_timeout_s: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        """`node_dir`: where actors keep logs on their node. `log_dir`: torpor's copies
+        (for workers found by name that the store does not know)."""
+        self._http = http
+        self._address = address
+        self._instance = instance
+        self._node_dir = node_dir
+        self._log_dir = log_dir
+        self._probe_timeout = aiohttp.ClientTimeout(total=probe_timeout_s)
+        self._clock = clock
+        self._actors: dict[str, _Actor] = {}
+
+    # -- connection ---------------------------------------------------------------------
+
+    async def connect(self) -> None:
+        """Join the cluster as a driver; RayUnavailable when it cannot be reached."""
+        await asyncio.to_thread(connect, self._address)
+
+    async def close(self) -> None:
+        for a in self._actors.values():
+            for t in a.tasks:
+                t.cancel()
+        with contextlib.suppress(Exception):
+            await asyncio.to_thread(_ray().shutdown)
+
+    def actor_name(self, worker_id: str) -> str:
+        return f"torpor-{self._instance}-{worker_id}"
+
+    # -- start --------------------------------------------------------------------------
+
+    async def start(self, launch: LaunchSpec) -> WorkerHandle:
+        handle = WorkerHandle(
+            worker_id=launch.worker_id,
+            host="",
+            port=0,
+            log_path=launch.log_path,
+            health_path=launch.health_path,
+            node="",
+        )
+        entry = await asyncio.to_thread(self._create, launch, handle)
+        entry.started = asyncio.wrap_future(
+            entry.actor.start.remote(
+                list(launch.argv), dict(launch.env), launch.fixed_port, str(launch.cwd)
+            ).future()
+        )
+        self._actors[launch.worker_id] = entry
+        return handle
+
+    def _create(self, launch: LaunchSpec, handle: WorkerHandle) -> _Actor:
+        ray = _ray()
+        from ray.util.placement_group import placement_group
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        from torpor.runtime.ray_actor import WorkerActor
+
+        res = launch.resources
+        request = ray_request(res)
+        name = self.actor_name(launch.worker_id)
+        opts: dict[str, Any] = {
+            "name": name,
+            "namespace": NAMESPACE,
+            "lifetime": "detached",
+            "max_restarts": 0,
+            "max_task_retries": 0,
+            "num_cpus": res.cpus,
+            "num_gpus": res.gpus if res.accelerator == NVIDIA else 0,
+            "max_concurrency": 16,
+        }
+        if res.gpu_type:
+            opts["accelerator_type"] = res.gpu_type
+        if res.accelerator != NVIDIA and res.gpus:
+            opts["resources"] = {res.accelerator: res.gpus}
+        pg = None
+        if res.gpus > 1:
+            # Tensor parallel on one node: one bundle holding every device, strictly packed.
+            pg = placement_group(
+                [request], strategy="STRICT_PACK", name=f"{name}-pg", lifetime="detached"
+            )
+            opts["scheduling_strategy"] = PlacementGroupSchedulingStrategy(
+                pg, placement_group_bundle_index=0, placement_group_capture_child_tasks=True
+            )
+        actor = (
+            ray.remote(WorkerActor)
+            .options(**opts)
+            .remote(launch.worker_id, str(self._node_dir / "logs"))
+        )
+        return _Actor(actor, name, self._clock(), handle, pg=pg, request=request)
+
+    # -- observe ------------------------------------------------------------------------
+
+    def poll(self, handle: WorkerHandle) -> int | None:
+        if handle.worker_id not in self._actors:
+            if handle.exit_code is None:
+                handle.exit_code, handle.exit_reason = -1, handle.exit_reason or "actor gone"
+            return handle.exit_code
+        return handle.exit_code if handle.exit_reason is not None else None
+
+    async def probe(self, handle: WorkerHandle) -> ProbeResult:
+        entry = self._actors.get(handle.worker_id)
+        if entry is None or handle.exit_reason is not None:
+            return ProbeResult(handle.exit_code, False, handle.exit_reason, ended=True)
+        if not entry.placed:
+            started = entry.started
+            if started is None or not started.done():
+                if self._clock() - entry.created >= PENDING_AFTER_S:
+                    return ProbeResult(None, False, waiting_reason(entry.request), pending=True)
+                return ProbeResult(None, False)
+            try:
+                info = started.result()
+            except Exception as exc:
+                await self._ended(entry, -1, await self._why_dead(handle, exc))
+                return ProbeResult(-1, False, handle.exit_reason, ended=True)
+            self._placed(entry, info)
+        try:
+            async with self._http().get(
+                handle.url + handle.health_path, timeout=self._probe_timeout
+            ) as resp:
+                await resp.read()
+                return ProbeResult(None, resp.status == 200)
+        except (aiohttp.ClientError, TimeoutError, OSError):
+            return ProbeResult(None, False)
+
+    def _placed(self, entry: _Actor, info: dict[str, Any]) -> None:
+        h = entry.handle
+        h.host, h.port, h.node = str(info["host"]), int(info["port"]), str(info["node"])
+        h.pid, h.create_time = info.get("pid"), float(info.get("create_time") or 0.0)
+        h.gpu_ids = [int(i) for i in info.get("gpu_ids", [])]
+        entry.placed = True
+        entry.tasks.append(asyncio.create_task(self._watch(entry)))
+        entry.tasks.append(asyncio.create_task(self._pump_logs(entry)))
+
+    async def _watch(self, entry: _Actor) -> None:
+        """Ends the handle when the engine exits or the actor dies (its node lost)."""
+        h = entry.handle
+        try:
+            code = await asyncio.wrap_future(entry.actor.wait_exit.remote().future())
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            await self._ended(entry, -1, await self._why_dead(h, exc))
+            return
+        await self._ended(entry, int(code), f"exited with code {code}")
+
+    async def _ended(self, entry: _Actor, code: int, reason: str) -> None:
+        h = entry.handle
+        if h.exit_reason is None:
+            h.exit_code, h.exit_reason = code, reason
+
+    async def _why_dead(self, handle: WorkerHandle, exc: BaseException) -> str:
+        """ "node lost" when the worker's node is (or within NODE_LOSS_WAIT_S turns) dead in
+        the cluster's view; an unreachable actor is usually the first sign of it."""
+        deadline = self._clock() + NODE_LOSS_WAIT_S
+        while handle.node:
+            if not await asyncio.to_thread(_node_alive, handle.node):
+                return "node lost"
+            if self._clock() >= deadline:
+                break
+            await asyncio.sleep(0.25)
+        return f"worker actor died: {type(exc).__name__}"
+
+    async def _pump_logs(self, entry: _Actor) -> None:
+        """Copies the engine's log from its node into torpor's log file for the worker."""
+        with contextlib.suppress(OSError):
+            await asyncio.to_thread(entry.handle.log_path.parent.mkdir, parents=True, exist_ok=True)
+        while True:
+            try:
+                more = await self._copy_log(entry)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                return  # the actor is gone
+            if not more:
+                await asyncio.sleep(LOG_POLL_S)
+
+    async def _copy_log(self, entry: _Actor) -> bool:
+        ref = entry.actor.read_log.remote(entry.log_offset)
+        data, offset = await asyncio.wrap_future(ref.future())
+        if data:
+            await asyncio.to_thread(_append, entry.handle.log_path, data)
+        entry.log_offset = offset
+        return bool(data)
+
+    def logs(self, handle: WorkerHandle, tail: int, follow: bool) -> AsyncIterator[str]:
+        return file_logs(handle.log_path, tail, follow)
+
+    # -- stop ---------------------------------------------------------------------------
+
+    async def stop(self, handle: WorkerHandle, grace_s: float) -> int | None:
+        entry = self._actors.pop(handle.worker_id, None)
+        if entry is None:
+            return None
+        for t in entry.tasks:
+            t.cancel()
+        code: int | None = None
+        if entry.placed and handle.exit_reason is None:
+            with contextlib.suppress(Exception):
+                ref = entry.actor.stop.remote(grace_s)
+                code = await asyncio.wait_for(asyncio.wrap_future(ref.future()), grace_s + 5)
+            with contextlib.suppress(Exception):  # the last lines of its log
+                while await asyncio.wait_for(self._copy_log(entry), 5):
+                    pass
+        await asyncio.to_thread(_kill, entry)
+        if handle.exit_reason is None:
+            handle.exit_code, handle.exit_reason = code, "stopped"
+        return code
+
+    # -- an earlier run -----------------------------------------------------------------
+
+    async def orphans(self, records: Sequence[WorkerRecord]) -> list[WorkerHandle]:
+        """The actors of this torpor instance (by name) that an earlier run left."""
+        prefix = f"torpor-{self._instance}-"
+        known = {r.worker_id: r for r in records}
+        names = await asyncio.to_thread(_named_actors, prefix)
+        found = []
+        for name in names:
+            worker_id = name[len(prefix) :]
+            record = known.get(worker_id)
+            log_path = record.log_path if record else self._log_dir / f"{worker_id}.log"
+            handle = WorkerHandle(
+                worker_id=worker_id,
+                host="",
+                port=0,
+                log_path=log_path,
+                health_path=record.health_path if record else "/health",
+                node="",
+            )
+            try:
+                actor = await asyncio.to_thread(_ray().get_actor, name, NAMESPACE)
+            except Exception:
+                continue
+            entry = _Actor(actor, name, self._clock(), handle)
+            entry.pg = await asyncio.to_thread(_placement_group_of, f"{name}-pg")
+            self._actors[worker_id] = entry
+            try:
+                info = await asyncio.wait_for(asyncio.wrap_future(actor.info.remote().future()), 10)
+            except Exception:
+                info = None
+            if info and info.get("started"):
+                h = handle
+                h.host, h.port, h.node = str(info["host"]), int(info["port"]), str(info["node"])
+                h.pid = info.get("pid")
+                h.gpu_ids = [int(i) for i in info.get("gpu_ids", [])]
+            found.append(handle)
+        return found
+
+    async def adopt(self, handle: WorkerHandle) -> bool:
+        entry = self._actors.get(handle.worker_id)
+        if entry is None or not handle.port:
+            return False
+        try:
+            async with self._http().get(
+                handle.url + handle.health_path, timeout=self._probe_timeout
+            ) as resp:
+                await resp.read()
+                if resp.status != 200:
+                    return False
+        except (aiohttp.ClientError, TimeoutError, OSError):
+            return False
+        info = {
+            "host": handle.host,
+            "port": handle.port,
+            "node": handle.node,
+            "pid": handle.pid,
+            "gpu_ids": handle.gpu_ids,
+        }
+        self._placed(entry, info)
+        return True
+
+    # -- inventory ----------------------------------------------------------------------
+
+    async def nodes(self) -> list[dict[str, Any]]:
+        """The cluster's nodes with their devices, and which worker holds which GPU."""
+        holders: dict[tuple[str, int], str] = {}
+        for wid, entry in self._actors.items():
+            h = entry.handle
+            for gpu in h.gpu_ids:
+                holders[(h.node, gpu)] = wid
+        raw = await asyncio.to_thread(_ray().nodes)
+        out = []
+        for n in raw:
+            res = n.get("Resources", {})
+            kinds = [k.split(":", 1)[1] for k in res if k.startswith("accelerator_type:")]
+            count = int(res.get("GPU", 0))
+            node_id = n.get("NodeID", "")
+            out.append(
+                {
+                    "node": node_id,
+                    "address": n.get("NodeManagerAddress"),
+                    "alive": bool(n.get("Alive")),
+                    "type": kinds[0] if kinds else None,
+                    "gpus": [
+                        {"index": i, "worker": holders.get((node_id, i))} for i in range(count)
+                    ],
+                }
+            )
+        return out
+
+
+def connect(address: str) -> None:
+    """Join the Ray cluster at `address` as a driver (once per process); RayUnavailable
+    when Ray is not installed or the cluster cannot be reached."""
+    try:
+        ray = _ray()
+    except ImportError as exc:
+        raise RayUnavailable(
+            "the ray runtime needs Ray: pip install -e '.[ray]' (ray[default])"
+        ) from exc
+    if ray.is_initialized():
+        return
+    host, sep, port = address.rpartition(":")
+    if sep and port.isdigit() and "://" not in address:
+        try:  # fail fast and clearly rather than in Ray's reconnect loop
+            socket.create_connection((host, int(port)), timeout=5).close()
+        except OSError as exc:
+            raise RayUnavailable(f"cannot reach the Ray cluster at {address!r}: {exc}") from exc
+    try:
+        ray.init(
+            address=address,
+            namespace=NAMESPACE,
+            log_to_driver=False,
+            configure_logging=False,
+        )
+    except Exception as exc:
+        raise RayUnavailable(f"cannot reach the Ray cluster at {address!r}: {exc}") from exc
+
+
+def ray_request(res: Resources) -> dict[str, float]:
+    """The resources one worker asks Ray for (one placement group bundle)."""
+    request: dict[str, float] = {"CPU": res.cpus}
+    if res.gpus:
+        key = "GPU" if res.accelerator == NVIDIA else res.accelerator
+        request[key] = float(res.gpus)
+    if res.gpu_type:
+        request[f"accelerator_type:{res.gpu_type}"] = 0.001
+    return request
+
+
+def waiting_reason(request: dict[str, float]) -> str:
+    parts = ", ".join(
+        f"{k}: {v:g}" if not k.startswith("accelerator_type:") else k
+        for k, v in sorted(request.items())
+    )
+    return f"waiting for cluster resources ({parts})"
+
+
+def _node_alive(node_id: str) -> bool:
+    try:
+        return any(n.get("NodeID") == node_id and n.get("Alive") for n in _ray().nodes())
+    except Exception:
+        return True
+
+
+def _named_actors(prefix: str) -> list[str]:
+    listed = _ray().util.list_named_actors(all_namespaces=True)
+    return sorted(
+        a["name"]
+        for a in listed
+        if a.get("namespace") == NAMESPACE and str(a.get("name", "")).startswith(prefix)
+    )
+
+
+def _placement_group_of(name: str) -> Any:
+    from ray.util import get_placement_group
+
+    try:
+        return get_placement_group(name)
+    except Exception:
+        return None
+
+
+def _kill(entry: _Actor) -> None:
+    ray = _ray()
+    with contextlib.suppress(Exception):
+        ray.kill(entry.actor, no_restart=True)
+    if entry.pg is not None:
+        from ray.util.placement_group import remove_placement_group
+
+        with contextlib.suppress(Exception):
+            remove_placement_group(entry.pg)
+
+
+def _append(path: Path, data: bytes) -> None:
+    with path.open("ab") as f:
+        f.write(data)
