@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import openai
 import pytest
 from playwright.sync_api import Browser, ConsoleMessage, Page, expect, sync_playwright
 
@@ -203,7 +204,9 @@ def test_playground_streams_smollm2(ui: Console) -> None:
     ui.shoot("playground")
     page.get_by_role("tab", name="JSON").click()
     expect(page.get_by_test_id("json-request")).to_contain_text('"max_tokens": 40')
-    expect(page.get_by_test_id("json-response")).to_contain_text('"stream"')
+    # The exact response: the server-sent events as they arrived.
+    expect(page.get_by_test_id("json-response")).to_contain_text("data: {")
+    expect(page.get_by_test_id("json-response")).to_contain_text("data: [DONE]")
     ui.shoot("playground-json")
 
 
@@ -459,3 +462,425 @@ def test_conversations_are_scoped_to_their_key(srv: TorporServer) -> None:
     with srv.api() as admin:
         assert admin.delete(f"/api/conversations/{conv['id']}").status_code == 200
         assert admin.get(f"/api/conversations/{conv['id']}").status_code == 404
+
+
+# -- issue 18: the console from a good internal tool to a product --------------------------
+
+
+def deploy_ready(srv: TorporServer, name: str, engine_args: str = "", **fields: Any) -> None:
+    srv.deploy(fake_spec(name, engine_args=engine_args, min_workers=1, **fields))
+    srv.wait_for(name, lambda d: d["status"] == "ready", timeout=30)
+
+
+def test_failing_stream_shows_its_error_and_saves_nothing(ui: Console, srv: TorporServer) -> None:
+    # Cold: the request is held (keep-alives start the SSE stream), then the engine fails,
+    # so the failure arrives as an SSE error event, not as an HTTP status.
+    srv.deploy(fake_spec("fails-late", engine_args="--startup-delay-ms 1500 --fail-mode http500"))
+    page = ui.open("/playground/fails-late")
+    expect(page.locator("select[aria-label=Model]")).to_have_value("fails-late")
+    send(page, "Hello?")
+    answer = page.locator(".msg.assistant").last
+    expect(answer).to_have_attribute("data-streaming", "false", timeout=30_000)
+    error = answer.get_by_test_id("answer-error")
+    expect(error).to_be_visible()
+    assert error.inner_text().strip(), "an empty error"
+    ui.shoot("playground-stream-error")
+    with srv.api() as c:
+        convs = c.get("/api/conversations").json()["data"]
+    assert [cv for cv in convs if cv["deployment"] == "fails-late"] == []
+    expect(page.locator(".conv-item").filter(has_text="fails-late")).to_have_count(0)
+    # The JSON tab: the exact request and the raw events received, each with a copy button.
+    page.get_by_role("tab", name="JSON").click()
+    expect(page.get_by_test_id("json-request")).to_contain_text("POST /v1/chat/completions")
+    expect(page.get_by_test_id("json-request")).to_contain_text('"content": "Hello?"')
+    raw = page.get_by_test_id("json-response")
+    expect(raw).to_contain_text("HTTP 200")
+    expect(raw).to_contain_text('data: {"error"')
+    expect(page.get_by_role("button", name="Copy request")).to_be_visible()
+    expect(page.get_by_role("button", name="Copy response")).to_be_visible()
+
+
+def test_answers_render_markdown_sanitised_and_keep_stopped(ui: Console, srv: TorporServer) -> None:
+    answer = (
+        "Here:\n\n```python\nprint('hi')\n```\n\n**bold** and `x`\n\n"
+        '<img src="x" onerror="window.__pwned = 1"><script>window.__pwned = 2</script>'
+        "[link](javascript:window.__pwned=3)"
+    )
+    with srv.api() as c:
+        conv = c.post(
+            "/api/conversations",
+            json={
+                "deployment": "smollm2",
+                "title": "markdown",
+                "messages": [
+                    {"role": "user", "content": "show me"},
+                    {"role": "assistant", "content": answer, "stopped": True},
+                ],
+            },
+        ).json()
+    assert conv["messages"][1]["stopped"] is True
+    page = ui.open(f"/playground/smollm2?c={conv['id']}")
+    md = page.locator(".msg.assistant .answer.md")
+    expect(md.locator("pre code")).to_have_text("print('hi')")
+    expect(md.locator("strong")).to_have_text("bold")
+    expect(md.locator("script")).to_have_count(0)
+    assert (
+        md.locator("img").evaluate_all("els => els.filter(e => e.hasAttribute('onerror')).length")
+        == 0
+    )
+    hrefs = md.locator("a").evaluate_all("els => els.map(e => e.getAttribute('href') || '')")
+    assert not any(h.startswith("javascript") for h in hrefs), hrefs
+    assert page.evaluate("window.__pwned === undefined")
+    # A reopened answer that was stopped still says so; the history shows when.
+    expect(page.locator(".msg.assistant").last).to_have_attribute("data-stopped", "true")
+    expect(page.locator(".conv-item").filter(has_text="markdown").locator("time")).to_contain_text(
+        "ago"
+    )
+    ui.shoot("playground-markdown")
+    with srv.api() as c:
+        c.delete(f"/api/conversations/{conv['id']}")
+
+
+def test_playground_opens_on_a_ready_chat_model(ui: Console, srv: TorporServer) -> None:
+    # "aaa-broken" sorts first and has failed; the playground opens on a ready one instead.
+    srv.deploy(fake_spec("aaa-broken", engine_args="--fail-mode crash-on-start", min_workers=1))
+    srv.wait_for("aaa-broken", lambda d: d["status"] == "error", timeout=30)
+    deploy_ready(srv, "chat-ready")
+    page = ui.open("/playground")
+    select = page.locator("select[aria-label=Model]")
+    expect(select).not_to_have_value("")
+    assert select.input_value() != "aaa-broken"
+    ready = {
+        d["name"]
+        for d in srv.api().get("/api/deployments").json()["data"]
+        if d["status"] == "ready"
+    }
+    assert select.input_value() in ready
+    assert page.title() == "Playground · torpor"
+    srv.api().delete("/api/deployments/aaa-broken")
+
+
+def test_async_tab_filter_detail_and_cancel(ui: Console, srv: TorporServer) -> None:
+    deploy_ready(srv, "async-fast", "--tokens 3")
+    # A worker that never answers: one request processing forever, the next one pending.
+    deploy_ready(srv, "async-stuck", "--fail-mode hang", max_workers=1, concurrency=1)
+    with srv.api() as c:
+
+        def submit(dep: str, text: str) -> str:
+            r = c.post(
+                f"/deployment/{dep}/v1/chat/completions",
+                json={"input": {"messages": [{"role": "user", "content": text}]}},
+            )
+            assert r.status_code == 202, r.text
+            return str(r.json()["id"])
+
+        done = submit("async-fast", "hello done")
+        wait_until(lambda: c.get(f"/v1/requests/{done}").json()["status"] == "completed", 15)
+        busy = submit("async-stuck", "hello busy")
+        wait_until(lambda: c.get(f"/v1/requests/{busy}").json()["status"] == "processing", 15)
+        waiting = submit("async-stuck", "hello waiting")
+        assert c.get(f"/v1/requests/{waiting}").json()["status"] == "pending"
+
+    page = ui.open("/deployments/async-stuck/async")
+    rows = page.locator("[data-testid=async-tasks] tr[data-task]")
+    expect(rows).to_have_count(2)
+    page.get_by_label("Status filter").select_option("pending")
+    expect(rows).to_have_count(1)
+    expect(page.locator(f"tr[data-task={waiting}]")).to_have_attribute("data-status", "pending")
+    page.get_by_label("Status filter").select_option("processing")
+    expect(page.locator(f"tr[data-task={busy}]")).to_be_visible()
+    expect(rows).to_have_count(1)
+    expect(page.get_by_role("alert")).to_have_count(0)  # the API took every filter
+    ui.shoot("deployment-async")
+
+    page.get_by_label("Status filter").select_option("")
+    page.locator(f"tr[data-task={waiting}]").click()
+    detail = page.get_by_test_id("task-detail")
+    expect(detail).to_have_attribute("data-status", "pending")
+    expect(page.get_by_test_id("task-request")).to_contain_text("hello waiting")
+    ui.shoot("deployment-async-detail")
+    page.get_by_role("button", name="Cancel task").click()
+    expect(detail).to_have_attribute("data-status", "cancelled")
+    with srv.api() as c:
+        assert c.get(f"/v1/requests/{waiting}").json()["status"] == "cancelled"
+    page.keyboard.press("Escape")
+
+    page = ui.open("/deployments/async-fast/async")
+    page.locator(f"tr[data-task={done}]").click()
+    expect(page.get_by_test_id("task-request")).to_contain_text("hello done")
+    expect(page.get_by_test_id("task-response")).to_contain_text("tok0 tok1 tok2")
+    page.keyboard.press("Escape")
+    with srv.api() as c:
+        c.delete(f"/v1/requests/{busy}")
+        c.delete("/api/deployments/async-stuck")
+
+
+def test_status_popover_fully_visible_and_closes(ui: Console, srv: TorporServer) -> None:
+    page = ui.open("/deployments")
+    for width in WIDTHS:
+        page.set_viewport_size({"width": width, "height": 900})
+        row = page.locator("tr[data-deployment=smollm2]")
+        row.get_by_test_id("status").click()
+        pop = page.get_by_test_id("status-popover")
+        expect(pop).to_be_visible()
+        box = pop.bounding_box()
+        assert box is not None
+        assert box["x"] >= 0 and box["x"] + box["width"] <= width, (width, box)
+        # Nothing clips or covers it: the point at each corner belongs to the popover.
+        for x, y in (
+            (box["x"] + 4, box["y"] + 4),
+            (box["x"] + box["width"] - 4, box["y"] + box["height"] - 4),
+        ):
+            inside = page.evaluate(
+                "([x, y]) => !!document.elementFromPoint(x, y)?.closest('[data-testid=status-popover]')",
+                [x, y],
+            )
+            assert inside, f"popover clipped at {width}px: {box}"
+        page.screenshot(path=str(ARTIFACTS / f"deployments-status-popover-{width}.png"))
+        page.keyboard.press("Escape")
+        expect(pop).to_have_count(0)
+        row.get_by_test_id("status").click()
+        expect(pop).to_be_visible()
+        page.locator("h1").click()  # outside
+        expect(pop).to_have_count(0)
+        # Idle workers read as words, not "1/0".
+        expect(row.get_by_test_id("workers")).to_contain_text("ready")
+    page.set_viewport_size({"width": 1280, "height": 900})
+
+
+def fill_option(page: Page, field: dict[str, Any]) -> None:
+    name = f"[name=option-{field['key']}]"
+    example = field["example"]
+    if field["kind"] == "boolean":
+        page.locator(f"input{name}").check()
+    elif field["kind"] == "choice":
+        page.locator(f"select{name}").select_option(str(example))
+    elif field["kind"] == "list":
+        page.locator(f"textarea{name}").fill("\n".join(example))
+    else:
+        page.locator(f"input{name}").fill(str(example))
+
+
+def test_wizard_forms_round_trip_every_framework(
+    ui: Console, srv: TorporServer, tmp_path: Path
+) -> None:
+    with srv.api() as c:
+        frameworks = [f for f in c.get("/api/frameworks").json()["data"] if f["creatable"]]
+    assert {f["name"] for f in frameworks} >= {
+        "llama.cpp",
+        "vllm",
+        "sglang",
+        "ollama",
+        "embed",
+        "custom",
+    }
+    page = ui.open("/deployments/new")
+    page.locator("input[name=name]").fill("wiz-sglang")
+    page.get_by_role("button", name="Next").click()
+    for fw in frameworks:
+        page.locator("select[name=framework]").select_option(fw["name"])
+        model = fw["default_model"] or fw["model_placeholder"] or "org/model"
+        page.locator("input[name=model]").fill(model)
+        for field in fw["options"]:
+            if field["example"] is not None:
+                fill_option(page, field)
+        page.get_by_role("button", name="Next").click()
+        # The server's own validation accepted the form: the review step shows the spec.
+        review = page.get_by_test_id("review-spec")
+        expect(review).to_contain_text(f'"framework": "{fw["name"]}"', timeout=10_000)
+        for field in fw["options"]:
+            if field["example"] is not None:
+                expect(review).to_contain_text(f'"{field["key"]}"')
+        page.get_by_role("button", name="Back").click()
+
+    # A refused value shows the server's message, which goes away once the value is fixed.
+    page.locator("select[name=framework]").select_option("sglang")
+    model_dir = tmp_path / "sglang-model"
+    model_dir.mkdir()
+    page.locator("input[name=model]").fill(str(model_dir))
+    page.locator("input[name=option-max_model_len]").fill("0")
+    page.get_by_role("button", name="Next").click()
+    alert = page.locator("[data-step='2'] .error-box")
+    expect(alert).to_contain_text("max_model_len")
+    ui.shoot("wizard-refused")
+    page.locator("input[name=option-max_model_len]").fill("4096")
+    expect(alert).to_have_count(0)
+    # The refusal was the only error the browser saw, and an expected one.
+    assert all("/api/frameworks/validate" in e for e in ui.errors), ui.errors
+    ui.errors.clear()
+    page.locator("select[name=option-dtype]").select_option("bfloat16")
+    page.locator("input[name=option-gpu_memory_utilization]").fill("0.8")
+    page.locator("input[name=wait_time_s]").fill("30")
+    page.locator("input[name=budget_usd_monthly]").fill("5")
+    page.get_by_role("button", name="Next").click()
+    page.get_by_role("button", name="Deploy").click()
+    page.wait_for_url("**/#/deployments/wiz-sglang")
+    dep = srv.get("wiz-sglang")
+    assert dep["framework"] == "sglang"
+    assert dep["options"] == {
+        "max_model_len": 4096,
+        "dtype": "bfloat16",
+        "gpu_memory_utilization": 0.8,
+    }
+    assert dep["wait_time_s"] == 30 and dep["budget_usd_monthly"] == 5
+    assert page.title() == "wiz-sglang · Deployments · torpor"
+
+    # Settings: drawn from the same description; env secrets stay masked there too.
+    srv.patch("wiz-sglang", {"env": {"HF_TOKEN": "hf_secret_value"}})
+    wait_until(lambda: srv.get("wiz-sglang")["env"] == {"HF_TOKEN": "hf_secret_value"}, 10)
+    page = ui.open("/deployments/wiz-sglang/settings")
+    expect(page.locator("input[name=option-max_model_len]")).to_have_value("4096")
+    expect(page.locator("textarea[name=env]")).to_have_value("HF_TOKEN=••••••••")
+    page.locator("input[name=max_queue]").fill("7")
+    page.get_by_role("button", name="Save changes").click()
+    wait_until(lambda: srv.get("wiz-sglang")["max_queue"] == 7, 5, "the patch")
+    assert srv.get("wiz-sglang")["env"] == {"HF_TOKEN": "hf_secret_value"}  # kept, not masked
+    ui.shoot("deployment-settings-sglang")
+    srv.api().delete("/api/deployments/wiz-sglang")
+
+
+def test_dashboard_error_counts_and_gaps(ui: Console, srv: TorporServer) -> None:
+    deploy_ready(srv, "all-fail", "--fail-mode http500")
+    client = srv.openai()
+    for _ in range(2):
+        with pytest.raises(openai.APIStatusError):
+            client.chat.completions.create(
+                model="all-fail", messages=[{"role": "user", "content": "x"}]
+            )
+    with srv.api() as c:
+        wait_until(
+            lambda: any(
+                r["deployment"] == "all-fail" and r["errors"] >= 2
+                for r in c.get("/api/usage/by-deployment", params={"window": "24h"}).json()["data"]
+            ),
+            15,
+            "the errors to be metered",
+        )
+        errors_1h = c.get("/api/usage/summary", params={"window": "1h"}).json()["errors"]
+    page = ui.open("/dashboard")
+    expect(page.get_by_test_id("sum-1h-errors")).to_have_attribute("data-value", str(errors_1h))
+    row = page.locator("[data-testid=cost-breakdown] tr[data-deployment=all-fail]")
+    expect(row.get_by_test_id("errors")).to_have_attribute("data-value", "2")
+    expect(row.get_by_test_id("errors")).to_contain_text("100%")
+    fleet = page.locator("[data-testid=fleet] tr[data-deployment=all-fail]")
+    expect(fleet.get_by_test_id("fleet-errors")).to_have_attribute("data-value", "2")
+    # Hours without traffic are gaps in latency and speed, not zeros.
+    latency = page.get_by_test_id("chart-latency")
+    expect(latency).not_to_have_attribute("data-gaps", "0")
+    assert int(latency.get_attribute("data-points") or "0") >= 1
+    # Money in dollars and cents (or two significant digits), never a dozen decimals.
+    for cost in page.locator("[data-testid=cost-breakdown] td:nth-child(6)").all_inner_texts():
+        assert cost.startswith(("$", "<$")) and len(cost.split(".")[-1]) <= 4, cost
+    assert page.title() == "GPU dashboard · torpor"
+    ui.shoot("dashboard-errors")
+
+
+def test_keys_spend_against_budget_and_bootstrap_key(ui: Console, srv: TorporServer) -> None:
+    deploy_ready(
+        srv, "priced", "--tokens 5", prices={"prompt_per_mtok": 1000, "completion_per_mtok": 1000}
+    )
+    with srv.api() as c:
+        made = c.post(
+            "/api/keys",
+            json={"name": "tight", "deployments": ["priced"], "budget_usd_monthly": 0.001},
+        ).json()
+    srv.openai(made["key"]).chat.completions.create(
+        model="priced", messages=[{"role": "user", "content": "spend some"}]
+    )
+    with srv.api() as c:
+        wait_until(
+            lambda: (
+                next(k for k in c.get("/api/keys").json()["data"] if k["id"] == made["id"])[
+                    "spend_month_usd"
+                ]
+                > 0.001
+            ),
+            15,
+            "the key's spend",
+        )
+        listed = {k["id"]: k for k in c.get("/api/keys").json()["data"]}
+    assert listed[made["id"]]["last_used_at"] is not None
+    boot = [k for k in listed.values() if k["bootstrap"]]
+    assert len(boot) == 1 and boot[0]["revoked_at"] is None
+
+    page = ui.open("/keys")
+    row = page.locator(f"[data-testid=keys] tr[data-key={made['id']}]")
+    spend = row.get_by_test_id("spend")
+    expect(spend).to_contain_text("of $0.001")
+    expect(spend).to_contain_text("over budget")
+    expect(spend.locator("[data-over=true]")).to_have_count(1)
+    expect(row.get_by_test_id("last-used")).to_contain_text("ago")
+    boot_row = page.locator(f"[data-testid=keys] tr[data-key={boot[0]['id']}]")
+    expect(boot_row).to_contain_text("bootstrap key")
+    expect(boot_row.get_by_role("button", name="Revoke")).to_have_count(0)
+    expect(row.get_by_role("button", name="Revoke")).to_have_count(1)
+    assert page.title() == "API keys · torpor"
+    ui.shoot("keys-spend")
+
+
+def test_non_admin_console(browser: Browser, srv: TorporServer) -> None:
+    with srv.api() as c:
+        made = c.post(
+            "/api/keys",
+            json={"name": "viewer", "deployments": ["smollm2"], "budget_usd_monthly": 2},
+        ).json()
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    context.add_init_script(f"window.sessionStorage.setItem('torpor.apiKey', {made['key']!r})")
+    c = Console(context.new_page(), srv)
+    try:
+        page = c.open("/keys")
+        own = page.get_by_test_id("own-key")
+        expect(own).to_contain_text("viewer")
+        expect(own.get_by_test_id("spend")).to_contain_text("of $2.00")
+        c.shoot("keys-non-admin")
+        page = c.open("/dashboard")
+        expect(page.get_by_test_id("sum-24h-requests")).to_be_visible()
+        c.shoot("dashboard-non-admin")
+        page = c.open("/deployments/smollm2/overview")
+        expect(page.get_by_role("heading", name="smollm2")).to_be_visible()
+        expect(page.get_by_text("Model files")).to_have_count(0)  # no server paths
+        c.shoot("deployment-non-admin")
+        page = c.open("/catalog")
+        expect(page.locator(".card[data-deployment=smollm2]")).to_be_visible()
+        c.assert_clean()  # no 403 from routes a non-admin may not read
+    finally:
+        context.close()
+
+
+def test_video_view_state_resets_between_deployments(ui: Console, srv: TorporServer) -> None:
+    if "chat-ready" not in {d["name"] for d in srv.api().get("/api/deployments").json()["data"]}:
+        deploy_ready(srv, "chat-ready")
+    page = ui.open("/video/smollm2")
+    expect(page.get_by_test_id("not-video")).to_contain_text("not a video-generation")
+    page.get_by_label("Video prompt").fill("a fox in the snow")
+    page.evaluate("location.hash = '#/video/chat-ready'")
+    expect(page.get_by_role("heading", name="chat-ready")).to_be_visible()
+    expect(page.get_by_label("Video prompt")).to_have_value("")
+    assert page.title() == "chat-ready · Video · torpor"
+
+
+def test_every_page_at_both_widths(ui: Console, srv: TorporServer) -> None:
+    """Screenshots of each page, 1280 and 390 px; tables become cards on phones."""
+    pages = {
+        "catalog": "/catalog",
+        "playground-empty": "/playground/smollm2",
+        "dashboard": "/dashboard",
+        "deployments": "/deployments",
+        "wizard": "/deployments/new",
+        "keys": "/keys",
+        "video": "/video/smollm2",
+    }
+    for tab in ("overview", "workers", "metrics", "logs", "async", "settings"):
+        pages[f"deployment-{tab}"] = f"/deployments/smollm2/{tab}"
+    for name, route in pages.items():
+        page = ui.open(route)
+        expect(page.locator("main h1, main .chat-head").first).to_be_visible()
+        ui.shoot(name)
+    page = ui.open("/deployments")
+    page.set_viewport_size({"width": 390, "height": 900})
+    cell = page.locator("tr[data-deployment=smollm2] td").nth(1)
+    assert cell.get_attribute("data-label") == "Status"
+    connect = page.locator("tr[data-deployment=smollm2]").get_by_role("button", name="Connect")
+    box = connect.bounding_box()
+    assert box is not None and box["x"] + box["width"] <= 390, box
+    page.set_viewport_size({"width": 1280, "height": 900})

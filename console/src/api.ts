@@ -160,6 +160,7 @@ export interface Usage {
 export interface SeriesPoint {
   start: string;
   requests: number;
+  errors?: number;
   request_rate: number;
   prompt_tokens: number;
   completion_tokens: number;

@@ -79,7 +79,7 @@ export function UsageBar({ used, limit, label }: { used: number; limit: number |
   );
 }
 
-export function CopyButton({ text }: { text: string }) {
+export function CopyButton({ text, label = "Copy" }: { text: string; label?: string }) {
   const [done, setDone] = useState(false);
   const copy = async () => {
     try {
@@ -96,8 +96,8 @@ export function CopyButton({ text }: { text: string }) {
     window.setTimeout(() => setDone(false), 1500);
   };
   return (
-    <button type="button" class="btn small ghost" onClick={copy}>
-      {done ? "Copied" : "Copy"}
+    <button type="button" class="btn small ghost" onClick={copy} aria-label={label}>
+      {done ? "Copied" : label}
     </button>
   );
 }
@@ -144,7 +144,7 @@ export interface Series {
 
 const PALETTE = ["#4f46e5", "#0ea5e9", "#f59e0b", "#10b981", "#ef4444"];
 
-export function LineChart({ title, labels, series, testid }: { title: string; labels: string[]; series: Series[]; testid?: string }) {
+export function LineChart({ title, labels, series, testid, loading = false }: { title: string; labels: string[]; series: Series[]; testid?: string; loading?: boolean }) {
   const canvas = useRef<HTMLCanvasElement>(null);
   const chart = useRef<Chart | null>(null);
   useEffect(() => {
@@ -174,18 +174,21 @@ export function LineChart({ title, labels, series, testid }: { title: string; la
       backgroundColor: (s.color ?? PALETTE[i % PALETTE.length]) + "22",
       fill: series.length === 1,
       tension: 0.25,
-      pointRadius: 0,
+      spanGaps: false, // a null (an hour without requests) is a gap, not a 0
+      pointRadius: s.data.map((v, j) => (v !== null && (j === 0 || s.data[j - 1] === null) && (j === s.data.length - 1 || s.data[j + 1] === null) ? 3 : 0)),
       borderWidth: 2,
     }));
     c.update();
   }, [labels.join("|"), JSON.stringify(series)]);
   const empty = labels.length === 0;
+  // For tests and screen readers: how many points carry a value and how many are gaps.
+  const values = series.flatMap((s) => s.data);
   return (
-    <div class="chart-card" data-testid={testid}>
+    <div class="chart-card" data-testid={testid} data-points={values.filter((v) => v !== null).length} data-gaps={values.filter((v) => v === null).length}>
       <div class="chart-title">{title}</div>
       <div class="chart-box">
         <canvas ref={canvas} />
-        {empty && <div class="chart-empty">No data yet</div>}
+        {empty && <div class="chart-empty">{loading ? "Loading…" : "No data"}</div>}
       </div>
     </div>
   );

@@ -26,12 +26,48 @@ export function go(path: string): void {
   location.hash = path;
 }
 
+/** The browser tab's title for a route: the page, and the deployment it is about. */
+export function pageTitle(parts: string[]): string {
+  const [page, name, tab] = parts;
+  const label: Record<string, string> = {
+    playground: "Playground",
+    video: "Video",
+    dashboard: "GPU dashboard",
+    deployments: "Deployments",
+    keys: "API keys",
+    catalog: "Catalog",
+  };
+  let title = label[page ?? "catalog"] ?? "Catalog";
+  if (page === "deployments" && name === "new") title = "New deployment";
+  else if (page === "deployments" && name) title = `${name}${tab && tab !== "overview" ? ` · ${tab}` : ""} · Deployments`;
+  else if ((page === "playground" || page === "video") && name) title = `${name} · ${title}`;
+  return `${title} · torpor`;
+}
+
+/** Label every cell of a `table.stack` with its column's header, so narrow screens can show
+ * each row as a card (see styles.css); kept up to date as tables re-render. */
+function labelStackTables(root: HTMLElement): void {
+  const label = () => {
+    root.querySelectorAll<HTMLTableElement>("table.stack").forEach((table) => {
+      const heads = [...table.querySelectorAll("thead th")].map((th) => th.textContent?.trim() ?? "");
+      table.querySelectorAll("tbody tr").forEach((tr) =>
+        [...tr.children].forEach((td, i) => {
+          const want = heads[i] ?? "";
+          if ((td as HTMLElement).dataset.label !== want) (td as HTMLElement).dataset.label = want;
+        }),
+      );
+    });
+  };
+  new MutationObserver(label).observe(root, { childList: true, subtree: true });
+  label();
+}
+
 const NAV: [string, string, boolean][] = [
   ["/catalog", "Catalog", false],
   ["/playground", "Playground", false],
   ["/dashboard", "GPU dashboard", false],
   ["/deployments", "Deployments", false],
-  ["/keys", "API keys", true],
+  ["/keys", "API keys", false],
 ];
 
 function App() {
@@ -48,6 +84,10 @@ function App() {
       .finally(() => setChecking(false));
   }, []);
   useEffect(() => setMenu(false), [hash]);
+  useEffect(() => {
+    const path = hash.split("?")[0];
+    document.title = me ? pageTitle(path.split("/").filter(Boolean).map(decodeURIComponent)) : "Sign in · torpor";
+  }, [hash, me]);
 
   if (checking) return <div class="boot">Loading…</div>;
   if (!me) return <SignIn onSignedIn={setMe} />;
@@ -58,10 +98,11 @@ function App() {
   let page;
   switch (parts[0]) {
     case "playground":
-      page = <Playground name={parts[1] ?? null} conversation={params.get("c")} />;
+      page = <Playground key={parts[1] ?? ""} name={parts[1] ?? null} conversation={params.get("c")} />;
       break;
     case "video":
-      page = <VideoView name={parts[1] ?? ""} />;
+      // Keyed by deployment: another one's prompt, video or error never carries over.
+      page = <VideoView key={parts[1] ?? ""} name={parts[1] ?? ""} />;
       break;
     case "dashboard":
       page = <Dashboard me={me} />;
@@ -114,4 +155,6 @@ function App() {
   );
 }
 
-render(<App />, document.getElementById("app")!);
+const root = document.getElementById("app")!;
+labelStackTables(root);
+render(<App />, root);

@@ -119,12 +119,20 @@ export function fmtMs(n: number | null | undefined): string {
   return n >= 1000 ? `${(n / 1000).toFixed(2)} s` : `${Math.round(n)} ms`;
 }
 
+/** Money as people read it: cents for amounts of a cent or more, two significant digits
+ * below that (never a dozen decimals), "$0.00" for nothing. */
 export function fmtCost(n: number | null | undefined): string {
-  if (n === null || n === undefined) return "–";
-  if (n === 0 || Math.abs(n) >= 0.01) return `$${n.toFixed(2)}`;
-  // Small self-hosted costs: keep three significant digits instead of showing $0.0000.
-  const digits = Math.min(10, 2 - Math.floor(Math.log10(Math.abs(n))));
-  return `$${n.toFixed(digits)}`;
+  if (n === null || n === undefined || Number.isNaN(n)) return "–";
+  const a = Math.abs(n);
+  if (a === 0) return "$0.00";
+  if (a >= 0.01) return `$${n.toLocaleString("en-US", { minimumFractionDigits: 2, maximumFractionDigits: 2 })}`;
+  if (a < 0.0001) return n < 0 ? "-<$0.0001" : "<$0.0001";
+  return `$${Number(n.toPrecision(2))}`;
+}
+
+/** "5m ago", "2h ago"; "never" for no time. */
+export function fmtAgo(iso: string | null | undefined): string {
+  return iso ? `${fmtAge(iso)} ago` : "never";
 }
 
 export function fmtAge(iso: string | null | undefined): string {
@@ -207,11 +215,13 @@ export function cleanAnswer(text: string): string {
 
 // -- SSE -------------------------------------------------------------------------------------
 
-/** Read an OpenAI-style event stream; `onEvent` gets each JSON payload, `onComment` keep-alives. */
+/** Read an OpenAI-style event stream; `onEvent` gets each JSON payload, `onComment` keep-alives,
+ * `onRaw` every chunk of text as it arrived (for the exact response). */
 export async function readSSE(
   body: ReadableStream<Uint8Array>,
   onEvent: (data: any) => void,
   onComment: () => void,
+  onRaw: (text: string) => void = () => {},
 ): Promise<void> {
   const reader = body.getReader();
   const decoder = new TextDecoder();
@@ -219,7 +229,9 @@ export async function readSSE(
   for (;;) {
     const { value, done } = await reader.read();
     if (done) break;
-    buf += decoder.decode(value, { stream: true });
+    const text = decoder.decode(value, { stream: true });
+    onRaw(text);
+    buf += text;
     let nl: number;
     while ((nl = buf.indexOf("\n")) >= 0) {
       const line = buf.slice(0, nl).replace(/\r$/, "");
@@ -228,15 +240,24 @@ export async function readSSE(
       else if (line.startsWith("data:")) {
         const data = line.slice(5).trim();
         if (data && data !== "[DONE]") {
+          let parsed: unknown;
           try {
-            onEvent(JSON.parse(data));
+            parsed = JSON.parse(data);
           } catch {
-            /* a partial or foreign line: skip */
+            continue; /* a partial or foreign line: skip */
           }
+          onEvent(parsed);
         }
       }
     }
   }
+}
+
+/** The message of an error event in a stream (`data: {"error": {...}}`), else null. */
+export function streamError(data: any): string | null {
+  const err = data?.error;
+  if (!err) return null;
+  return typeof err === "string" ? err : String(err.message ?? JSON.stringify(err));
 }
 
 export function maskValue(key: string, value: string): string {

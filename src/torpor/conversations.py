@@ -56,7 +56,9 @@ def clean_message(message: dict[str, Any]) -> dict[str, Any]:
     content = str(message.get("content", ""))
     if role == "assistant":
         content = strip_think(content)
-    return {"role": role, "content": content}
+    # An answer the user stopped keeps its marker when the conversation is reopened.
+    stopped = {"stopped": True} if role == "assistant" and message.get("stopped") else {}
+    return {"role": role, "content": content, **stopped}
 
 
 def summary_view(row: ConversationRow) -> dict[str, Any]:

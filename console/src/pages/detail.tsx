@@ -1,9 +1,10 @@
 import { useEffect, useRef, useState } from "preact/hooks";
 import { api, authHeaders, optional, type Deployment, type Me } from "../api";
-import { Badge, Empty, ErrorBox, hourLabel, LineChart, Modal, Stat, usePoll } from "../components";
+import { Badge, CopyButton, Empty, ErrorBox, hourLabel, LineChart, Modal, Stat, usePoll } from "../components";
 import { catalogInfo, deriveLifecycle, fmtAge, fmtMs, fmtNum, fmtTime, LIFECYCLE_LABEL, maskValue, STATUS_LABEL, workersFailingFirst } from "../util";
 import { ConnectModal, logsHref } from "./deployments";
-import { envText, frameworkById, FRAMEWORKS, parseArgs, parseEnv } from "./frameworks";
+import { cleanOptions, envText, extrasOf, extrasToSpec, frameworkByName, loadFrameworks, optionValues, parseArgs, parseEnv, type Framework, type OptionValues } from "./frameworks";
+import { ExtrasInputs, OptionInputs } from "./specfields";
 
 const TABS: [string, string, boolean][] = [
   ["overview", "Overview", false],
@@ -202,7 +203,7 @@ function Workers({ dep, admin }: { dep: Deployment; admin: boolean }) {
   return (
     <div class="panel">
       <div class="table-wrap">
-        <table class="table" data-testid="workers">
+        <table class="table stack" data-testid="workers">
           <thead>
             <tr>
               <th>Worker</th>
@@ -362,20 +363,101 @@ function Logs({ name, worker, workers }: { name: string; worker: string | null; 
 interface AsyncTask {
   id: string;
   status: string;
+  method?: string;
+  path?: string;
   created_at: string | null;
   started_at: string | null;
   finished_at: string | null;
-  request: unknown;
-  response: unknown;
-  error: string | null;
+  attempts?: number;
+  status_code?: number | null;
+  request?: unknown;
+  response?: unknown;
+  error: { message?: string; type?: string; code?: string } | string | null;
+}
+
+// The server's async statuses (GET /api/deployments/{name}/async?status=...).
+export const ASYNC_STATUSES = ["pending", "processing", "completed", "failed", "cancelled"];
+const OPEN = ["pending", "processing"];
+
+function pretty(value: unknown): string {
+  if (value === null || value === undefined) return "–";
+  return typeof value === "string" ? value : JSON.stringify(value, null, 2);
+}
+
+function TaskDetail({ id, onClose, onChanged }: { id: string; onClose: () => void; onChanged: () => void }) {
+  const [task, error, reload] = usePoll(() => api<AsyncTask>(`/v1/requests/${encodeURIComponent(id)}`), 2000, [id]);
+  const [busy, setBusy] = useState(false);
+  const [cancelError, setCancelError] = useState<string | null>(null);
+  const cancel = async () => {
+    setBusy(true);
+    setCancelError(null);
+    try {
+      await api(`/v1/requests/${encodeURIComponent(id)}`, { method: "DELETE" });
+      reload();
+      onChanged();
+    } catch (e) {
+      setCancelError((e as Error).message);
+    } finally {
+      setBusy(false);
+    }
+  };
+  const err = task?.error;
+  return (
+    <Modal title={`Task ${id}`} onClose={onClose}>
+      <ErrorBox error={error ?? cancelError} />
+      {!task ? (
+        <Empty>Loading…</Empty>
+      ) : (
+        <div data-testid="task-detail" data-status={task.status}>
+          <div class="kv">
+            <span>Status</span>
+            <span>
+              <Badge value={task.status} /> {task.status_code ? <span class="muted small">HTTP {task.status_code}</span> : null}
+            </span>
+            <span>Route</span>
+            <span class="mono">
+              {task.method} {task.path}
+            </span>
+            <span>Created</span>
+            <span>{fmtTime(task.created_at)}</span>
+            <span>Finished</span>
+            <span>{fmtTime(task.finished_at)}</span>
+            <span>Attempts</span>
+            <span>{task.attempts ?? "–"}</span>
+          </div>
+          <div class="panel-head">
+            <h4>Request</h4>
+            <CopyButton text={pretty(task.request)} label="Copy request" />
+          </div>
+          <pre class="code" data-testid="task-request">
+            {pretty(task.request)}
+          </pre>
+          <h4>{err ? "Error" : "Response"}</h4>
+          <pre class="code" data-testid="task-response">
+            {err ? pretty(err) : task.response !== null && task.response !== undefined ? pretty(task.response) : OPEN.includes(task.status) ? "Not finished yet." : "–"}
+          </pre>
+          {OPEN.includes(task.status) && (
+            <div class="wizard-nav">
+              <button type="button" class="btn danger" disabled={busy} onClick={cancel}>
+                {busy ? "Cancelling…" : "Cancel task"}
+              </button>
+            </div>
+          )}
+        </div>
+      )}
+    </Modal>
+  );
 }
 
 function AsyncQueue({ name }: { name: string }) {
   const [status, setStatus] = useState("");
-  const [sel, setSel] = useState<AsyncTask | null>(null);
-  const [q] = usePoll(
-    () => optional<{ data: AsyncTask[]; queue_depth: number; processing: number }>(`/api/deployments/${encodeURIComponent(name)}/async${status ? `?status=${status}` : ""}`),
-    5000,
+  const [sel, setSel] = useState<string | null>(null);
+  const [q, error, reload] = usePoll(
+    () =>
+      api<{ data: AsyncTask[]; queue_depth: number; processing: number; counts?: Record<string, number> }>(
+        `/api/deployments/${encodeURIComponent(name)}/async${status ? `?status=${status}` : ""}`,
+      ),
+    3000,
     [name, status],
   );
   return (
@@ -383,11 +465,15 @@ function AsyncQueue({ name }: { name: string }) {
       <div class="toolbar">
         <select aria-label="Status filter" value={status} onChange={(e) => setStatus((e.target as HTMLSelectElement).value)}>
           <option value="">All statuses</option>
-          {["queued", "in_progress", "completed", "failed", "cancelled"].map((s) => (
-            <option value={s}>{s}</option>
+          {ASYNC_STATUSES.map((s) => (
+            <option value={s}>
+              {s}
+              {q?.counts?.[s] !== undefined ? ` (${q.counts[s]})` : ""}
+            </option>
           ))}
         </select>
       </div>
+      <ErrorBox error={error} />
       {q ? (
         <>
           <div class="panel stats">
@@ -396,27 +482,29 @@ function AsyncQueue({ name }: { name: string }) {
           </div>
           <div class="panel">
             {q.data.length === 0 ? (
-              <Empty>No tasks.</Empty>
+              <Empty>{status ? `No ${status} tasks.` : "No tasks."}</Empty>
             ) : (
               <div class="table-wrap">
-                <table class="table">
+                <table class="table stack" data-testid="async-tasks">
                   <thead>
                     <tr>
                       <th>Task</th>
                       <th>Status</th>
                       <th>Created</th>
-                      <th class="hide-sm">Finished</th>
+                      <th>Finished</th>
                     </tr>
                   </thead>
                   <tbody>
                     {q.data.map((t) => (
-                      <tr class="clickable" onClick={() => setSel(t)}>
-                        <td class="mono small">{t.id}</td>
-                        <td>
+                      <tr class="clickable" data-task={t.id} data-status={t.status} onClick={() => setSel(t.id)}>
+                        <td class="mono small" data-label="Task">
+                          {t.id}
+                        </td>
+                        <td data-label="Status">
                           <Badge value={t.status} />
                         </td>
-                        <td>{fmtTime(t.created_at)}</td>
-                        <td class="hide-sm">{fmtTime(t.finished_at)}</td>
+                        <td data-label="Created">{fmtTime(t.created_at)}</td>
+                        <td data-label="Finished">{fmtTime(t.finished_at)}</td>
                       </tr>
                     ))}
                   </tbody>
@@ -426,67 +514,83 @@ function AsyncQueue({ name }: { name: string }) {
           </div>
         </>
       ) : (
-        <Empty>No data yet.</Empty>
+        !error && <Empty>Loading…</Empty>
       )}
-      {sel && (
-        <Modal title={`Task ${sel.id}`} onClose={() => setSel(null)}>
-          <h4>Request</h4>
-          <pre class="code">{JSON.stringify(sel.request, null, 2)}</pre>
-          <h4>Response</h4>
-          <pre class="code">{sel.error ? sel.error : JSON.stringify(sel.response, null, 2)}</pre>
-        </Modal>
-      )}
+      {sel && <TaskDetail id={sel} onClose={() => setSel(null)} onChanged={reload} />}
     </div>
   );
 }
 
-const ROLLING = ["model", "framework", "framework_args", "env", "gpus", "options"];
+/** A value with null object fields dropped: `{a: null}` and `{}` are the same setting. */
+function withoutNulls(v: unknown): unknown {
+  if (v === undefined) return null;
+  if (v === null || typeof v !== "object" || Array.isArray(v)) return v;
+  const entries = Object.entries(v as Record<string, unknown>)
+    .filter(([, x]) => x !== null && x !== undefined)
+    .sort(([a], [b]) => a.localeCompare(b))
+    .map(([k, x]) => [k, withoutNulls(x)]);
+  return Object.fromEntries(entries);
+}
 
-function Settings({ dep, onSaved }: { dep: Deployment; onSaved: () => void }) {
+const ROLLING = ["model", "framework", "framework_args", "env", "gpus", "options", "accelerator", "gpu_type", "source"];
+
+function Settings({ dep: shown, onSaved }: { dep: Deployment; onSaved: () => void }) {
+  // The form starts from the deployment as it is now, not from the last poll.
+  const [loaded, error] = usePoll(
+    () => Promise.all([loadFrameworks(), api<Deployment>(`/api/deployments/${encodeURIComponent(shown.name)}`)]),
+    0,
+    [shown.name],
+  );
+  if (!loaded) return error ? <ErrorBox error={error} /> : <Empty>Loading…</Empty>;
+  const [frameworks, dep] = loaded;
+  return <SettingsForm key={`${dep.name}:${dep.updated_at}`} dep={dep} frameworks={frameworks} onSaved={onSaved} />;
+}
+
+function SettingsForm({ dep, frameworks, onSaved }: { dep: Deployment; frameworks: Framework[]; onSaved: () => void }) {
   const initial = () => ({
     description: dep.description,
     framework: dep.framework,
-    model: dep.model,
-    options: JSON.stringify(dep.options ?? {}, null, 2),
-    min_workers: dep.min_workers,
-    max_workers: dep.max_workers,
-    concurrency: dep.concurrency,
-    idle_timeout_s: dep.idle_timeout_s,
-    wait_time_s: dep.wait_time_s,
-    max_queue: dep.max_queue,
-    gpus: dep.gpus,
+    model: dep.model ?? "",
+    min_workers: String(dep.min_workers),
+    max_workers: String(dep.max_workers),
+    concurrency: String(dep.concurrency),
+    idle_timeout_s: String(dep.idle_timeout_s),
+    gpus: String(dep.gpus ?? 0),
+    // Secret-looking values stay masked; a masked value left as is keeps the current one.
     env: envText(dep.env ?? {}),
     framework_args: (dep.framework_args ?? []).join(" "),
   });
   const [form, setForm] = useState(initial);
+  const [options, setOptions] = useState<OptionValues>(() => optionValues(frameworkByName(frameworks, dep.framework), dep.options ?? {}));
+  const [extras, setExtras] = useState(() => extrasOf(dep));
   const [confirm, setConfirm] = useState<Record<string, unknown> | null>(null);
   const [error, setError] = useState<string | null>(null);
   const [saved, setSaved] = useState(false);
+  // A refusal belongs to the values it was about: any change clears it.
+  useEffect(() => setError(null), [JSON.stringify(form), JSON.stringify(options), JSON.stringify(extras)]);
+  const fw = frameworkByName(frameworks, form.framework);
 
-  const change = (): Record<string, unknown> | string => {
-    let options: unknown;
-    try {
-      options = JSON.parse(form.options || "{}");
-    } catch {
-      return "Options must be valid JSON";
-    }
+  const number = (text: string) => {
+    const n = Number(text.trim());
+    return text.trim() && Number.isFinite(n) ? n : text;
+  };
+  const change = (): Record<string, unknown> => {
     const next: Record<string, unknown> = {
       description: form.description,
       framework: form.framework,
       model: form.model,
-      options,
-      min_workers: Number(form.min_workers),
-      max_workers: Number(form.max_workers),
-      concurrency: Number(form.concurrency),
-      idle_timeout_s: Number(form.idle_timeout_s),
-      wait_time_s: Number(form.wait_time_s),
-      max_queue: Number(form.max_queue),
-      gpus: Number(form.gpus),
-      env: parseEnv(form.env),
+      options: cleanOptions(fw, options),
+      min_workers: number(form.min_workers),
+      max_workers: number(form.max_workers),
+      concurrency: number(form.concurrency),
+      idle_timeout_s: number(form.idle_timeout_s),
+      gpus: number(form.gpus),
+      env: parseEnv(form.env, dep.env ?? {}),
       framework_args: parseArgs(form.framework_args),
+      ...extrasToSpec(extras, true, dep),
     };
     const patch: Record<string, unknown> = {};
-    for (const [k, v] of Object.entries(next)) if (JSON.stringify(v) !== JSON.stringify(dep[k])) patch[k] = v;
+    for (const [k, v] of Object.entries(next)) if (JSON.stringify(withoutNulls(v)) !== JSON.stringify(withoutNulls(dep[k]))) patch[k] = v;
     return patch;
   };
 
@@ -506,7 +610,6 @@ function Settings({ dep, onSaved }: { dep: Deployment; onSaved: () => void }) {
   const save = (e: Event) => {
     e.preventDefault();
     const patch = change();
-    if (typeof patch === "string") return setError(patch);
     if (Object.keys(patch).length === 0) return setError("Nothing changed.");
     if (Object.keys(patch).some((k) => ROLLING.includes(k))) setConfirm(patch);
     else apply(patch);
@@ -518,7 +621,6 @@ function Settings({ dep, onSaved }: { dep: Deployment; onSaved: () => void }) {
       <input name={key} type="text" inputMode={numeric ? "decimal" : "text"} value={String(form[key])} onInput={(e) => setForm({ ...form, [key]: (e.target as HTMLInputElement).value })} />
     </label>
   );
-  const fw = frameworkById(form.framework);
   return (
     <form class="panel form" onSubmit={save}>
       <label>
@@ -531,33 +633,45 @@ function Settings({ dep, onSaved }: { dep: Deployment; onSaved: () => void }) {
         {field("max_workers", "Max workers", true)}
         {field("concurrency", "Concurrency", true)}
         {field("idle_timeout_s", "Idle timeout (s)", true)}
-        {field("wait_time_s", "Wait time (s)", true)}
-        {field("max_queue", "Max queue", true)}
       </div>
+      <ExtrasInputs value={extras} onChange={setExtras} gpus={fw.gpus} />
       <div class="form-sub">Engine (a change restarts the workers)</div>
       <label>
         Framework
-        <select name="framework" value={form.framework} onChange={(e) => setForm({ ...form, framework: (e.target as HTMLSelectElement).value })}>
-          {FRAMEWORKS.map((f) => (
-            <option value={f.id}>{f.label}</option>
-          ))}
-          {!FRAMEWORKS.some((f) => f.id === form.framework) && <option value={form.framework}>{form.framework}</option>}
+        <select
+          name="framework"
+          value={form.framework}
+          onChange={(e) => {
+            setForm({ ...form, framework: (e.target as HTMLSelectElement).value });
+            setOptions({});
+          }}
+        >
+          {frameworks
+            .filter((f) => f.creatable || f.name === dep.framework)
+            .map((f) => (
+              <option value={f.name}>{f.label}</option>
+            ))}
         </select>
       </label>
-      {field("model", fw.modelLabel)}
-      {field("gpus", "GPUs per worker", true)}
+      {field("model", fw.model_label)}
+      {fw.gpus && field("gpus", "GPUs per worker", true)}
+      <OptionInputs fw={fw} values={options} onChange={setOptions} />
       <label>
-        Options (JSON)
-        <textarea name="options" class="mono" rows={4} value={form.options} onInput={(e) => setForm({ ...form, options: (e.target as HTMLTextAreaElement).value })} />
-      </label>
-      <label>
-        Environment (KEY=value, one a line)
+        Environment (KEY=value, one a line; masked values are kept)
         <textarea name="env" class="mono" rows={3} value={form.env} onInput={(e) => setForm({ ...form, env: (e.target as HTMLTextAreaElement).value })} />
       </label>
       {field("framework_args", "Extra engine arguments")}
       <ErrorBox error={error} />
       <div class="wizard-nav">
-        <button type="button" class="btn ghost" onClick={() => setForm(initial())}>
+        <button
+          type="button"
+          class="btn ghost"
+          onClick={() => {
+            setForm(initial());
+            setOptions(optionValues(frameworkByName(frameworks, dep.framework), dep.options ?? {}));
+            setExtras(extrasOf(dep));
+          }}
+        >
           Reset
         </button>
         <button type="submit" class="btn primary">

@@ -1,7 +1,7 @@
 import { useState } from "preact/hooks";
 import { api, type Deployment, type Me } from "../api";
-import { CopyButton, Empty, ErrorBox, Modal, usePoll } from "../components";
-import { fmtCost, fmtNum, fmtTime } from "../util";
+import { CopyButton, ErrorBox, Modal, usePoll } from "../components";
+import { fmtAgo, fmtCost, fmtNum, fmtTime, usageTone } from "../util";
 
 interface KeyRow {
   id: string;
@@ -14,6 +14,64 @@ interface KeyRow {
   budget_usd_monthly?: number | null;
   budget_tokens_monthly?: number | null;
   plan_tokens?: number | null;
+  // Month to date (what budgets are checked against), last request, bootstrap key.
+  spend_month_usd?: number;
+  tokens_month?: number;
+  last_used_at?: string | null;
+  bootstrap?: boolean;
+}
+
+/** Spent this month against the monthly budgets, flagged when a budget is reached. */
+export function SpendCell({ usd, tokens, budgetUsd, budgetTokens }: { usd: number; tokens: number; budgetUsd: number | null | undefined; budgetTokens: number | null | undefined }) {
+  const line = (used: number, cap: number | null | undefined, fmt: (n: number) => string, what: string) => {
+    if (cap === null || cap === undefined) return <div>{fmt(used)}{what ? ` ${what}` : ""}</div>;
+    const over = used >= cap;
+    const tone = cap > 0 ? usageTone(used / cap) : "bad";
+    return (
+      <div class={over ? "over" : ""} data-tone={tone} data-over={over ? "true" : "false"}>
+        {fmt(used)} of {fmt(cap)}
+        {what ? ` ${what}` : ""}
+        {over ? " · over budget" : ""}
+      </div>
+    );
+  };
+  return (
+    <div data-testid="spend">
+      {line(usd, budgetUsd, fmtCost, "")}
+      {(tokens > 0 || (budgetTokens !== null && budgetTokens !== undefined)) && line(tokens, budgetTokens, (n) => fmtNum(n), "tokens")}
+    </div>
+  );
+}
+
+/** What a key that is not an admin's sees here: itself, its limits and this month's use. */
+function OwnKey({ me }: { me: Me }) {
+  const used = me.usage_month ?? { tokens: 0, cost: 0 };
+  return (
+    <section>
+      <div class="page-head">
+        <div>
+          <h1>API keys</h1>
+          <p class="muted">Your key. Only admin keys create, change or revoke keys.</p>
+        </div>
+      </div>
+      <div class="panel" data-testid="own-key">
+        <div class="kv">
+          <span>Name</span>
+          <span>{me.name}</span>
+          <span>Id</span>
+          <span class="mono">{me.id}</span>
+          <span>Deployments</span>
+          <span>{me.deployments === null ? "all" : me.deployments.join(", ") || "none"}</span>
+          <span>This month</span>
+          <span>
+            <SpendCell usd={used.cost} tokens={used.tokens} budgetUsd={me.budget_usd_monthly} budgetTokens={me.budget_tokens_monthly} />
+          </span>
+          <span>Plan</span>
+          <span>{me.plan_tokens ? `${fmtNum(me.plan_tokens)} tokens a month` : "no plan limit"}</span>
+        </div>
+      </div>
+    </section>
+  );
 }
 
 interface Limits {
@@ -89,7 +147,11 @@ function LimitsForm({ value, onChange, names }: { value: Limits; onChange: (l: L
 const str = (n: number | null | undefined) => (n === null || n === undefined ? "" : String(n));
 
 export function Keys({ me }: { me: Me }) {
-  const [keys, error, reload] = usePoll(() => api<{ data: KeyRow[] }>("/api/keys"), 0);
+  return me.admin ? <AdminKeys /> : <OwnKey me={me} />;
+}
+
+function AdminKeys() {
+  const [keys, error, reload] = usePoll(() => api<{ data: KeyRow[] }>("/api/keys"), 10000);
   const [deps] = usePoll(() => api<{ data: Deployment[] }>("/api/deployments"), 0);
   const names = (deps?.data ?? []).map((d) => d.name);
   const [name, setName] = useState("");
@@ -100,8 +162,6 @@ export function Keys({ me }: { me: Me }) {
   const [revoking, setRevoking] = useState<KeyRow | null>(null);
   const [formError, setFormError] = useState<string | null>(null);
   const [showRevoked, setShowRevoked] = useState(false);
-
-  if (!me.admin) return <Empty>Only admin keys manage API keys.</Empty>;
 
   const create = async (e: Event) => {
     e.preventDefault();
@@ -172,13 +232,15 @@ export function Keys({ me }: { me: Me }) {
         </div>
         <ErrorBox error={error} />
         <div class="table-wrap">
-          <table class="table" data-testid="keys">
+          <table class="table stack" data-testid="keys">
             <thead>
               <tr>
                 <th>Name</th>
                 <th>Key</th>
                 <th>Access</th>
-                <th class="hide-sm">Budgets</th>
+                <th>Spent this month</th>
+                <th class="hide-sm">Plan</th>
+                <th>Last used</th>
                 <th class="hide-sm">Created</th>
                 <th />
               </tr>
@@ -189,11 +251,12 @@ export function Keys({ me }: { me: Me }) {
                   <td>{k.name}</td>
                   <td class="mono small">{k.prefix}…</td>
                   <td>{k.admin ? "admin" : k.deployments === null ? "all deployments" : k.deployments.join(", ") || "none"}</td>
-                  <td class="hide-sm small">
-                    {k.budget_usd_monthly != null && <div>{fmtCost(k.budget_usd_monthly)}/month</div>}
-                    {k.budget_tokens_monthly != null && <div>{fmtNum(k.budget_tokens_monthly)} tokens/month</div>}
-                    {k.plan_tokens != null && <div>plan {fmtNum(k.plan_tokens)} tokens</div>}
-                    {k.budget_usd_monthly == null && k.budget_tokens_monthly == null && k.plan_tokens == null && <span class="muted">–</span>}
+                  <td class="small">
+                    <SpendCell usd={k.spend_month_usd ?? 0} tokens={k.tokens_month ?? 0} budgetUsd={k.budget_usd_monthly} budgetTokens={k.budget_tokens_monthly} />
+                  </td>
+                  <td class="hide-sm small">{k.plan_tokens != null ? `${fmtNum(k.plan_tokens)} tokens` : "–"}</td>
+                  <td class="small" data-testid="last-used">
+                    <time dateTime={k.last_used_at ?? ""}>{fmtAgo(k.last_used_at)}</time>
                   </td>
                   <td class="hide-sm small">{fmtTime(k.created_at)}</td>
                   <td class="actions">
@@ -215,9 +278,15 @@ export function Keys({ me }: { me: Me }) {
                             Limits
                           </button>
                         )}
-                        <button type="button" class="btn small danger" onClick={() => setRevoking(k)}>
-                          Revoke
-                        </button>
+                        {k.bootstrap ? (
+                          <span class="muted small" title="TORPOR_ADMIN_KEY or the data dir's admin.key: torpor re-activates it at every start">
+                            bootstrap key
+                          </span>
+                        ) : (
+                          <button type="button" class="btn small danger" onClick={() => setRevoking(k)}>
+                            Revoke
+                          </button>
+                        )}
                       </>
                     )}
                   </td>

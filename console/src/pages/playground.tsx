@@ -1,7 +1,8 @@
 import { useEffect, useRef, useState } from "preact/hooks";
 import { api, authHeaders, type Conversation, type Deployment } from "../api";
-import { Badge, Empty, ErrorBox, Tabs, usePoll } from "../components";
-import { catalogInfo, cleanAnswer, deriveLifecycle, LIFECYCLE_LABEL, readSSE, splitThink } from "../util";
+import { Badge, CopyButton, Empty, ErrorBox, Tabs, usePoll } from "../components";
+import { renderMarkdown } from "../markdown";
+import { catalogInfo, cleanAnswer, deriveLifecycle, fmtAgo, LIFECYCLE_LABEL, readSSE, splitThink, streamError } from "../util";
 
 interface Msg {
   role: "user" | "assistant" | "system";
@@ -21,17 +22,27 @@ function AssistantText({ text, streaming }: { text: string; streaming: boolean }
             <div class="think-body">{s.text.trim()}</div>
           </details>
         ) : (
-          <div class="answer">{s.text.replace(/^\s+/, "")}</div>
+          <div class="answer md" dangerouslySetInnerHTML={{ __html: renderMarkdown(s.text.replace(/^\s+/, "")) }} />
         ),
       )}
     </>
   );
 }
 
+// Raw responses kept for the JSON tab: enough for long answers, bounded for the page.
+const RAW_LIMIT = 400_000;
+
+/** The model a fresh playground opens on: a ready chat model, else one that can start. */
+export function defaultModel(chatDeps: Deployment[]): string | null {
+  const rank = (d: Deployment) => (d.status === "ready" ? 0 : d.status === "degraded" ? 1 : d.status === "error" ? 3 : 2);
+  return [...chatDeps].sort((a, b) => rank(a) - rank(b))[0]?.name ?? null;
+}
+
 export function Playground({ name, conversation }: { name: string | null; conversation: string | null }) {
-  const [deps, , reloadDeps] = usePoll(() => api<{ data: Deployment[] }>("/api/deployments"), 5000);
+  const [fast, setFast] = useState(false);
+  const [deps, , reloadDeps] = usePoll(() => api<{ data: Deployment[] }>("/api/deployments"), fast ? 1000 : 5000, [fast]);
   const chatDeps = (deps?.data ?? []).filter((d) => ["chat", "code"].includes(catalogInfo(d).type));
-  const current = name ?? chatDeps[0]?.name ?? null;
+  const current = name ?? defaultModel(chatDeps);
   const dep = chatDeps.find((d) => d.name === current) ?? (deps?.data ?? []).find((d) => d.name === current);
 
   const [convs, convError, reloadConvs] = usePoll(() => api<{ data: Conversation[] }>("/api/conversations"), 0);
@@ -43,8 +54,8 @@ export function Playground({ name, conversation }: { name: string | null; conver
   const [maxTokens, setMaxTokens] = useState(256);
   const [stop, setStop] = useState("");
   const [tab, setTab] = useState<"chat" | "json">("chat");
-  const [lastRequest, setLastRequest] = useState<unknown>(null);
-  const [lastResponse, setLastResponse] = useState<unknown>(null);
+  const [lastRequest, setLastRequest] = useState<string | null>(null);
+  const [lastResponse, setLastResponse] = useState<string | null>(null);
   const [streaming, setStreaming] = useState(false);
   const [warming, setWarming] = useState<number | null>(null); // ms timestamp when the wait began
   const [now, setNow] = useState(Date.now());
@@ -93,7 +104,7 @@ export function Playground({ name, conversation }: { name: string | null; conver
   const save = async (user: Msg, answer: Msg) => {
     const clean = [
       { role: "user", content: user.content },
-      { role: "assistant", content: cleanAnswer(answer.content) },
+      { role: "assistant", content: cleanAnswer(answer.content), ...(answer.stopped ? { stopped: true } : {}) },
     ];
     const settings = { temperature, max_tokens: maxTokens, stop: stopList };
     try {
@@ -134,12 +145,15 @@ export function Playground({ name, conversation }: { name: string | null; conver
       stream_options: { include_usage: true },
       ...(stopList.length ? { stop: stopList } : {}),
     };
-    setLastRequest(payload);
+    const url = "/v1/chat/completions";
+    const bodyText = JSON.stringify(payload, null, 2);
+    setLastRequest(`POST ${url}\n\n${bodyText}`);
     setLastResponse(null);
     setInput("");
     const answer: Msg = { role: "assistant", content: "" };
     setMessages([...history_, user, answer]);
     setStreaming(true);
+    setFast(true);
     const ctrl = new AbortController();
     abort.current = ctrl;
     const startedAt = Date.now();
@@ -150,25 +164,40 @@ export function Playground({ name, conversation }: { name: string | null; conver
     } catch {
       /* the chat request below reports real errors */
     }
-    const chunks: unknown[] = [];
+    let raw = "";
     let content = "";
+    let failed: string | null = null;
+    const keep = (text: string) => {
+      raw = (raw + text).slice(0, RAW_LIMIT);
+    };
     const update = (patch: Partial<Msg>) => setMessages((ms) => [...ms.slice(0, -1), { ...ms[ms.length - 1], ...patch }]);
     try {
-      const res = await fetch("/v1/chat/completions", {
+      const res = await fetch(url, {
         method: "POST",
         headers: authHeaders({ "Content-Type": "application/json" }),
-        body: JSON.stringify(payload),
+        body: bodyText,
         signal: ctrl.signal,
       });
+      raw = `HTTP ${res.status} ${res.statusText}\n\n`;
       if (!res.ok || !res.body) {
-        const body = await res.json().catch(() => null);
-        setLastResponse(body);
-        throw new Error(body?.error?.message ?? `HTTP ${res.status}`);
+        const text = await res.text().catch(() => "");
+        keep(text);
+        let body: any = null;
+        try {
+          body = JSON.parse(text);
+        } catch {
+          /* not JSON: the text is the message */
+        }
+        throw new Error(body?.error?.message ?? (text || `HTTP ${res.status}`));
       }
       await readSSE(
         res.body,
         (data) => {
-          chunks.push(data);
+          const err = streamError(data);
+          if (err) {
+            failed = err;
+            return;
+          }
           const delta = data?.choices?.[0]?.delta?.content ?? data?.choices?.[0]?.text ?? "";
           if (delta) {
             content += delta;
@@ -177,27 +206,32 @@ export function Playground({ name, conversation }: { name: string | null; conver
           }
         },
         () => setWarming((w) => w ?? startedAt),
+        keep,
       );
-      setLastResponse({ stream: chunks, content });
       answer.content = content;
+      if (failed) throw new Error(failed);
+      if (!cleanAnswer(content)) throw new Error("The model sent an empty answer.");
     } catch (err) {
       const aborted = (err as Error).name === "AbortError";
       answer.content = content;
       if (aborted) {
         answer.stopped = true;
         update({ stopped: true });
-        setLastResponse({ stream: chunks, content, stopped: true });
+        keep("\n[stopped by you]");
       } else {
         answer.error = (err as Error).message;
         update({ error: answer.error });
       }
     } finally {
+      setLastResponse(raw);
       setWarming(null);
       setStreaming(false);
+      setFast(false);
       abort.current = null;
       reloadDeps();
     }
-    if (!answer.error) await save(user, answer);
+    // Only real answers are saved: not an error, not an empty or stopped-before-a-word one.
+    if (!answer.error && cleanAnswer(answer.content)) await save(user, answer);
   };
 
   const newChat = () => {
@@ -215,7 +249,8 @@ export function Playground({ name, conversation }: { name: string | null; conver
     reloadConvs();
   };
 
-  const lifecycle = dep ? deriveLifecycle(dep) : null;
+  // While a request waits on a cold start, the model is warming up whatever the last poll said.
+  const lifecycle = dep ? (warming !== null && deriveLifecycle(dep) !== "failed" ? "warming_up" : deriveLifecycle(dep)) : null;
   return (
     <section class="playground">
       <aside class="sidebar">
@@ -231,7 +266,7 @@ export function Playground({ name, conversation }: { name: string | null; conver
               <a href={`#/playground/${encodeURIComponent(c.deployment)}?c=${c.id}`} title={c.title}>
                 <span class="conv-title">{c.title}</span>
                 <span class="muted small">
-                  {c.deployment} · {c.message_count} msgs
+                  {c.deployment} · {c.message_count} msgs · <time dateTime={c.updated_at}>{fmtAgo(c.updated_at)}</time>
                 </span>
               </a>
               <button type="button" class="btn ghost small" aria-label="Delete conversation" onClick={() => remove(c.id)}>
@@ -266,6 +301,7 @@ export function Playground({ name, conversation }: { name: string | null; conver
           <div class="chat-main">
             {tab === "chat" ? (
               <div class="messages" ref={scroller}>
+                {!deps && <Empty>Loading…</Empty>}
                 {!current && deps && <Empty>No chat or code deployment yet.</Empty>}
                 {current && messages.length === 0 && <Empty>Send a message to {current}.</Empty>}
                 {messages.map((m, i) => {
@@ -273,7 +309,7 @@ export function Playground({ name, conversation }: { name: string | null; conver
                   return (
                     <div class={`msg ${m.role}`} data-streaming={live ? "true" : "false"} data-stopped={m.stopped ? "true" : "false"}>
                       <div class="msg-role">{m.role === "user" ? "You" : current}</div>
-                      {m.role === "assistant" ? <AssistantText text={m.content} streaming={live} /> : <div class="answer">{m.content}</div>}
+                      {m.role === "assistant" ? <AssistantText text={m.content} streaming={live} /> : <div class="answer plain">{m.content}</div>}
                       {live && warming !== null && (
                         <div class="warming" data-testid="warming">
                           Warming up the model… waited {((now - warming) / 1000).toFixed(1)} s
@@ -281,20 +317,30 @@ export function Playground({ name, conversation }: { name: string | null; conver
                       )}
                       {live && warming === null && !m.content && <div class="typing">…</div>}
                       {m.stopped && <div class="muted small">Stopped.</div>}
-                      {m.error && <div class="error-box">{m.error}</div>}
+                      {m.error && (
+                        <div class="error-box" role="alert" data-testid="answer-error">
+                          {m.error}
+                        </div>
+                      )}
                     </div>
                   );
                 })}
               </div>
             ) : (
               <div class="json-view">
-                <h4>Request</h4>
+                <div class="panel-head">
+                  <h4>Request</h4>
+                  {lastRequest && <CopyButton text={lastRequest} label="Copy request" />}
+                </div>
                 <pre class="code" data-testid="json-request">
-                  {lastRequest ? JSON.stringify(lastRequest, null, 2) : "No request yet."}
+                  {lastRequest ?? "No request yet."}
                 </pre>
-                <h4>Response</h4>
+                <div class="panel-head">
+                  <h4>Response {lastResponse && lastRequest?.includes('"stream": true') ? <span class="muted small">(server-sent events, as received)</span> : null}</h4>
+                  {lastResponse && <CopyButton text={lastResponse} label="Copy response" />}
+                </div>
                 <pre class="code" data-testid="json-response">
-                  {lastResponse ? JSON.stringify(lastResponse, null, 2) : streaming ? "Streaming…" : "No response yet."}
+                  {lastResponse ?? (streaming ? "Streaming…" : "No response yet.")}
                 </pre>
               </div>
             )}

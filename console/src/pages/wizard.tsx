@@ -1,8 +1,9 @@
-import { useState } from "preact/hooks";
+import { useEffect, useState } from "preact/hooks";
 import { api, type Deployment } from "../api";
-import { ErrorBox, usePoll } from "../components";
+import { Empty, ErrorBox, usePoll } from "../components";
 import { MODEL_TYPES, NAME_RULE, nameError } from "../util";
-import { cleanOptions, FRAMEWORKS, frameworkById, parseArgs, parseEnv } from "./frameworks";
+import { cleanOptions, extrasOf, extrasToSpec, frameworkByName, loadFrameworks, parseArgs, parseEnv, type OptionValues } from "./frameworks";
+import { ExtrasInputs, OptionInputs } from "./specfields";
 
 export function Wizard() {
   const [existing] = usePoll(() => api<{ data: Deployment[] }>("/api/deployments"), 0);
@@ -16,23 +17,27 @@ export function Wizard() {
   const [modelType, setModelType] = useState("");
   const [framework, setFramework] = useState("llama.cpp");
   const [model, setModel] = useState("smollm2-135m-instruct");
-  const [options, setOptions] = useState<Record<string, string>>({});
+  const [options, setOptions] = useState<OptionValues>({});
   const [gpus, setGpus] = useState(0);
   const [minW, setMinW] = useState(0);
   const [maxW, setMaxW] = useState(1);
-  const [concurrency, setConcurrency] = useState(4);
+  const [concurrency, setConcurrency] = useState<number | null>(null); // null: the engine's
   const [idle, setIdle] = useState(300);
   const [env, setEnv] = useState("");
   const [args, setArgs] = useState("");
+  const [extras, setExtras] = useState(extrasOf(null));
   const [error, setError] = useState<string | null>(null);
   const [busy, setBusy] = useState(false);
+  const [frameworks, fwError] = usePoll(loadFrameworks, 0);
+  // A refusal belongs to the values it was about: any change clears it.
+  useEffect(() => setError(null), [name, framework, model, JSON.stringify(options), gpus, minW, maxW, concurrency, idle, env, args, JSON.stringify(extras)]);
 
-  const fw = frameworkById(framework);
+  const fw = frameworkByName(frameworks ?? [], framework);
   const nErr = nameError(name, taken);
-  const missing = fw.options.filter((o) => o.required && !(options[o.key] ?? "").trim()).map((o) => o.label);
+  const missing = fw.options.filter((o) => o.required && !String(options[o.key] ?? "").trim()).map((o) => o.label);
   const step2Err =
-    fw.modelRequired && !model.trim()
-      ? `${fw.modelLabel} is required`
+    fw.model_required && !model.trim()
+      ? `${fw.model_label} is required`
       : missing.length
         ? `${missing.join(", ")} is required`
         : maxW < minW
@@ -45,13 +50,14 @@ export function Wizard() {
     framework,
     model: model.trim(),
     options: cleanOptions(fw, options),
-    gpus,
+    gpus: fw.gpus ? gpus : 0,
     min_workers: minW,
     max_workers: maxW,
-    concurrency,
+    ...(concurrency !== null ? { concurrency } : {}),
     idle_timeout_s: idle,
     env: parseEnv(env),
     framework_args: parseArgs(args),
+    ...extrasToSpec(extras, false),
     ...(displayName.trim() || vendor.trim() || modelType
       ? {
           catalog: {
@@ -61,6 +67,20 @@ export function Wizard() {
           },
         }
       : {}),
+  };
+
+  // Step 2 -> 3: the server checks the spec as it would on create (nothing is created).
+  const review = async () => {
+    setBusy(true);
+    setError(null);
+    try {
+      await api("/api/frameworks/validate", { method: "POST", json: spec });
+      setStep(3);
+    } catch (e) {
+      setError((e as Error).message);
+    } finally {
+      setBusy(false);
+    }
   };
 
   const deploy = async () => {
@@ -150,7 +170,8 @@ export function Wizard() {
             </div>
           </div>
         )}
-        {step === 2 && (
+        {step === 2 && !frameworks && (fwError ? <ErrorBox error={fwError} /> : <Empty>Loading frameworks…</Empty>)}
+        {step === 2 && frameworks && (
           <div class="form" data-step="2">
             <label>
               Framework
@@ -161,40 +182,31 @@ export function Wizard() {
                   const id = (e.target as HTMLSelectElement).value;
                   setFramework(id);
                   setOptions({});
-                  setModel(frameworkById(id).defaultModel ?? "");
+                  setModel(frameworkByName(frameworks, id).default_model);
                 }}
               >
-                {FRAMEWORKS.map((f) => (
-                  <option value={f.id}>{f.label}</option>
-                ))}
+                {frameworks
+                  .filter((f) => f.creatable)
+                  .map((f) => (
+                    <option value={f.name}>{f.label}</option>
+                  ))}
               </select>
             </label>
             <label>
-              {fw.modelLabel}
-              <input name="model" value={model} placeholder={fw.modelPlaceholder} onInput={(e) => setModel((e.target as HTMLInputElement).value)} />
+              {fw.model_label}
+              {fw.model_required ? " *" : ""}
+              <input name="model" value={model} placeholder={fw.model_placeholder} onInput={(e) => setModel((e.target as HTMLInputElement).value)} />
+              {fw.model_help && <span class="help">{fw.model_help}</span>}
             </label>
-            {fw.options.length > 0 && <div class="form-sub">{fw.label} options</div>}
-            {fw.options.map((o) => (
-              <label>
-                {o.label}
-                {o.required ? " *" : ""}
-                <input
-                  name={`option-${o.key}`}
-                  type="text"
-                  inputMode={o.kind === "number" ? "decimal" : "text"}
-                  value={options[o.key] ?? ""}
-                  placeholder={o.placeholder}
-                  onInput={(e) => setOptions({ ...options, [o.key]: (e.target as HTMLInputElement).value })}
-                />
-                {o.help && <span class="help">{o.help}</span>}
-              </label>
-            ))}
+            <OptionInputs fw={fw} values={options} onChange={setOptions} />
             <div class="form-sub">Resources and scaling</div>
             <div class="grid-form">
-              <label>
-                GPUs per worker
-                <input name="gpus" type="number" min="0" value={gpus} onInput={num(setGpus)} />
-              </label>
+              {fw.gpus && (
+                <label>
+                  GPUs per worker
+                  <input name="gpus" type="number" min="0" value={gpus} onInput={num(setGpus)} />
+                </label>
+              )}
               <label>
                 Min workers
                 <input name="min_workers" type="number" min="0" value={minW} onInput={num(setMinW)} />
@@ -205,13 +217,25 @@ export function Wizard() {
               </label>
               <label>
                 Concurrency
-                <input name="concurrency" type="number" min="1" value={concurrency} onInput={num(setConcurrency)} />
+                <input
+                  name="concurrency"
+                  type="number"
+                  min="1"
+                  value={concurrency ?? ""}
+                  placeholder={String(fw.default_concurrency)}
+                  onInput={(e) => {
+                    const v = (e.target as HTMLInputElement).value;
+                    setConcurrency(v === "" ? null : Number(v));
+                  }}
+                />
+                <span class="help">Requests per worker; {fw.label}'s default is {fw.default_concurrency}.</span>
               </label>
               <label>
                 Idle timeout (s)
                 <input name="idle_timeout_s" type="number" min="0" value={idle} onInput={num(setIdle)} />
               </label>
             </div>
+            <ExtrasInputs value={extras} onChange={setExtras} gpus={fw.gpus} />
             <label>
               Environment <span class="muted small">(KEY=value, one a line)</span>
               <textarea name="env" rows={2} value={env} onInput={(e) => setEnv((e.target as HTMLTextAreaElement).value)} />
@@ -221,12 +245,13 @@ export function Wizard() {
               <input name="framework_args" value={args} placeholder="--n_ctx 2048" onInput={(e) => setArgs((e.target as HTMLInputElement).value)} />
             </label>
             {step2Err && <span class="field-error">{step2Err}</span>}
+            <ErrorBox error={error} />
             <div class="wizard-nav">
               <button type="button" class="btn ghost" onClick={() => setStep(1)}>
                 Back
               </button>
-              <button type="button" class="btn primary" disabled={!!step2Err} onClick={() => setStep(3)}>
-                Next
+              <button type="button" class="btn primary" disabled={!!step2Err || busy} onClick={review}>
+                {busy ? "Checking…" : "Next"}
               </button>
             </div>
           </div>
@@ -242,7 +267,7 @@ export function Wizard() {
               <span>{model || "–"}</span>
               <span>Workers</span>
               <span>
-                {minW}–{maxW} × {concurrency} concurrent, {gpus} GPU each
+                {minW}–{maxW} × {concurrency ?? fw.default_concurrency} concurrent, {fw.gpus ? gpus : 0} GPU each
               </span>
             </div>
             <pre class="code" data-testid="review-spec">

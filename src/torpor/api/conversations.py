@@ -20,6 +20,7 @@ class Message(BaseModel):
 
     role: Literal["system", "user", "assistant"]
     content: str = Field(max_length=1_000_000)
+    stopped: bool = False  # an answer cut short with Stop
 
 
 class ConversationCreate(BaseModel):

@@ -168,7 +168,7 @@ class AsyncRequests:
     async def view(
         self, request_id: str, key: ApiKey, deployment: str | None = None
     ) -> dict[str, Any]:
-        return request_view(await self.visible(request_id, key, deployment))
+        return request_view(await self.visible(request_id, key, deployment), request=True)
 
     async def cancel(
         self, request_id: str, key: ApiKey, deployment: str | None = None

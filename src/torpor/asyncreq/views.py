@@ -40,7 +40,7 @@ def accepted_view(row: AsyncRequestRow, poll_url: str) -> dict[str, Any]:
 
 
 def request_view(
-    row: AsyncRequestRow, *, result: bool = True, webhook: bool = True
+    row: AsyncRequestRow, *, result: bool = True, webhook: bool = True, request: bool = False
 ) -> dict[str, Any]:
     view: dict[str, Any] = {
         "id": row.id,
@@ -55,6 +55,8 @@ def request_view(
         "attempts": row.attempts,
         "status_code": row.status_code,
     }
+    if request:  # the body as sent to the engine (GET of one request; not in webhooks)
+        view["request"] = _decoded(row.body, None)
     if result:
         view["response"] = _decoded(row.response, row.response_type)
     view["error"] = row.error
