@@ -75,6 +75,12 @@ export function VideoView({ name }: { name: string }) {
         {life && <Badge value={life} label={LIFECYCLE_LABEL[life]} testid="lifecycle" />}
       </div>
       <ErrorBox error={depError} />
+      {dep && catalogInfo(dep).type !== "video-generation" && (
+        <div class="error-box" role="alert" data-testid="not-video">
+          {name} is a {catalogInfo(dep).type} model, not a video-generation one: it will not answer a video request.{" "}
+          {["chat", "code"].includes(catalogInfo(dep).type) && <a href={`#/playground/${encodeURIComponent(name)}`}>Open it in the playground</a>}
+        </div>
+      )}
       <form class="panel video-form" onSubmit={generate}>
         <label>
           Prompt
