@@ -7,7 +7,7 @@ literals `Infinity` and `NaN`, which no JSON encoder writes."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
@@ -299,3 +299,22 @@ def test_async_input_must_be_finite(api: httpx.Client, literal: str) -> None:
     body = f'{{"input": {{"max_tokens": {literal}}}}}'
     message = refused(api.post("/deployment/fake/v1/chat/completions", content=body), "input")
     assert "max_tokens" in message
+
+
+@pytest.mark.postgres
+def test_key_token_limits_fit_postgres_integer_columns(
+    postgres_url: str, server_factory: Callable[..., TorporServer]
+) -> None:
+    """PostgreSQL's INTEGER is 32-bit: the largest accepted limit is stored and read back,
+    one more is a 422 (it was a 500 from the database)."""
+    server = server_factory(env={"TORPOR_DATABASE_URL": postgres_url})
+    with server.api() as api:
+        body = {"name": "pg", "budget_tokens_monthly": INT32_MAX, "plan_tokens": INT32_MAX}
+        r = api.post("/api/keys", json=body)
+        assert r.status_code == 201, r.text
+        key_id = r.json()["id"]
+        row = next(k for k in api.get("/api/keys").json()["data"] if k["id"] == key_id)
+        assert (row["budget_tokens_monthly"], row["plan_tokens"]) == (INT32_MAX, INT32_MAX)
+        over = {"budget_tokens_monthly": INT32_MAX + 1}
+        refused(api.patch(f"/api/keys/{key_id}", json=over), "budget_tokens_monthly")
+        refused(api.post("/api/keys", json={"name": "pg2", **over}), "budget_tokens_monthly")
