@@ -133,3 +133,149 @@ def test_stream_usage_is_counted_by_the_engine_tokenizer_and_billed(llama: Torpo
         after = _summary(llama)
     assert after["requests"] == before["requests"] + 3
     assert after["prompt_tokens"] - before["prompt_tokens"] == 3 * plain.usage.prompt_tokens
+
+
+WEATHER_TOOL: Any = {
+    "type": "function",
+    "name": "get_weather",
+    "description": "The current weather in a city.",
+    "parameters": {
+        "type": "object",
+        "properties": {"city": {"type": "string"}},
+        "required": ["city"],
+    },
+}
+
+
+def test_responses_create_text_and_previous_response(llama: TorporServer) -> None:
+    client = llama.openai()
+    first = client.responses.create(
+        model="smollm2",
+        instructions="Answer in one short sentence.",
+        input="What is the capital of France?",
+        max_output_tokens=24,
+    )
+    assert first.id.startswith("resp_") and first.object == "response"
+    assert first.output_text.strip()
+    assert first.usage is not None and first.usage.input_tokens > 10
+    assert 0 < first.usage.output_tokens <= 24
+    # The stored conversation goes on: the engine sees the first turn again.
+    second = client.responses.create(
+        model="smollm2",
+        previous_response_id=first.id,
+        input="And of Italy?",
+        max_output_tokens=16,
+    )
+    assert second.previous_response_id == first.id
+    assert second.usage is not None and second.usage.input_tokens > first.usage.input_tokens
+    assert client.responses.retrieve(first.id).output_text == first.output_text
+    # Per key: another key does not see it.
+    with llama.api() as c:
+        r = c.post("/api/keys", json={"name": "other", "deployments": ["smollm2"]})
+        other = llama.openai(r.json()["key"])
+    with pytest.raises(openai.NotFoundError):
+        other.responses.retrieve(first.id)
+    with pytest.raises(openai.NotFoundError):
+        other.responses.create(model="smollm2", previous_response_id=first.id, input="hi")
+    client.responses.delete(first.id)
+    with pytest.raises(openai.NotFoundError):
+        client.responses.retrieve(first.id)
+
+
+def test_responses_stream_events_and_usage(llama: TorporServer) -> None:
+    client = llama.openai()
+    deltas: list[str] = []
+    kinds: list[str] = []
+    with client.responses.stream(
+        model="smollm2", input="Say hello.", max_output_tokens=120, temperature=0
+    ) as stream:
+        for event in stream:
+            kinds.append(event.type)
+            if event.type == "response.output_text.delta":
+                deltas.append(event.delta)
+        final = stream.get_final_response()
+    assert kinds[:2] == ["response.created", "response.in_progress"]
+    assert "response.output_item.added" in kinds and "response.output_item.done" in kinds
+    assert kinds[-1] == "response.completed"
+    assert len(deltas) > 2 and "".join(deltas) == final.output_text
+    assert final.usage is not None and final.usage.input_tokens > 10
+    assert 0 < final.usage.output_tokens <= 120
+
+
+def test_responses_function_tool_round_trip(llama: TorporServer) -> None:
+    client = llama.openai()
+    first = client.responses.create(
+        model="smollm2",
+        input="What is the weather in Paris?",
+        tools=[WEATHER_TOOL],
+        tool_choice={"type": "function", "name": "get_weather"},
+        max_output_tokens=60,
+        temperature=0,
+    )
+    calls = [item for item in first.output if item.type == "function_call"]
+    assert len(calls) == 1 and calls[0].name == "get_weather"
+    assert isinstance(json.loads(calls[0].arguments)["city"], str)
+    second = client.responses.create(
+        model="smollm2",
+        previous_response_id=first.id,
+        input=[
+            {
+                "type": "function_call_output",
+                "call_id": calls[0].call_id,
+                "output": json.dumps({"temperature_c": 21, "sky": "clear"}),
+            }
+        ],
+        tools=[WEATHER_TOOL],
+        max_output_tokens=30,
+    )
+    assert second.output_text.strip()
+    # A call streamed: output_item.added, argument deltas, output_item.done, then the end
+    # (`response.incomplete` when this small model runs out of tokens inside the JSON).
+    deltas: list[str] = []
+    done: list[Any] = []
+    kinds: list[str] = []
+    stream = client.responses.create(
+        model="smollm2",
+        input="Weather in Rome?",
+        tools=[WEATHER_TOOL],
+        tool_choice={"type": "function", "name": "get_weather"},
+        max_output_tokens=60,
+        stream=True,
+    )
+    for event in stream:
+        kinds.append(event.type)
+        if event.type == "response.function_call_arguments.delta":
+            deltas.append(event.delta)
+        elif event.type == "response.output_item.done":
+            done.append(event.item)
+        elif event.type in ("response.completed", "response.incomplete"):
+            final = event.response
+    assert kinds[0] == "response.created" and kinds[-1] in (
+        "response.completed",
+        "response.incomplete",
+    )
+    assert [item.type for item in done] == ["function_call"] and done[0].name == "get_weather"
+    assert "".join(deltas) == done[0].arguments and final.output[0].id == done[0].id
+
+
+def test_responses_json_schema_output(llama: TorporServer) -> None:
+    resp = llama.openai().responses.create(
+        model="smollm2",
+        input="Name a city and its population.",
+        max_output_tokens=60,
+        text={
+            "format": {
+                "type": "json_schema",
+                "name": "city",
+                "schema": {
+                    "type": "object",
+                    "properties": {"city": {"type": "string"}, "population": {"type": "integer"}},
+                    "required": ["city", "population"],
+                    "additionalProperties": False,
+                },
+                "strict": True,
+            }
+        },
+    )
+    answer = json.loads(resp.output_text)
+    assert isinstance(answer["city"], str) and isinstance(answer["population"], int)

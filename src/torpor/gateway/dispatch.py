@@ -345,9 +345,8 @@ class _Upstream:
         none, its tokenizer counts the stream once it is over: before the usage chunk the
         client asked for, else after the client has its whole answer."""
         req, trace = self.req, self.trace
-        counter = req.count_tokens
         scanner = StreamUsage(
-            req.strip_usage_chunk, req.want_usage_chunk, collect_text=counter is not None
+            req.strip_usage_chunk, req.want_usage_chunk, collect_text=req.count_tokens is not None
         )
         trace.status = 200
         if not out.started:
@@ -368,12 +367,16 @@ class _Upstream:
             trace.status = UpstreamError.status
             await out.error(UpstreamError())
             return
+        except asyncio.CancelledError:
+            # A client that had `[DONE]` may hang up before the engine closes the stream.
+            calls = self._calls(scanner)
+            if calls is not None:
+                trace.counting = asyncio.ensure_future(self._count(url, calls, scanner))
+            raise
         finally:
             trace.prompt_tokens, trace.completion_tokens = scanner.tokens()
             trace.estimated = scanner.estimated
-        calls = None
-        if counter is not None and scanner.done and not scanner.engine_usage:
-            calls = counter(scanner.text)
+        calls = self._calls(scanner)
         if calls is not None and not req.want_usage_chunk:
             # The client has its answer first (and may hang up: the count goes on).
             trace.counting = asyncio.ensure_future(self._count(url, calls, scanner))
@@ -382,6 +385,13 @@ class _Upstream:
         if calls is not None:
             await self._count(url, calls, scanner)
         await out.body(scanner.release() + scanner.flush(), more=False)
+
+    def _calls(self, scanner: StreamUsage) -> TokenCalls | None:
+        """The engine's token count calls for a finished stream that reported no usage."""
+        counter = self.req.count_tokens
+        if counter is None or not scanner.done or scanner.engine_usage:
+            return None
+        return counter(scanner.text)
 
     async def _count(self, url: str, calls: TokenCalls, scanner: StreamUsage) -> None:
         counts = await count_tokens(self.deps.http(), url, calls)

@@ -19,7 +19,7 @@ from urllib.parse import parse_qs
 import orjson
 
 from torpor.auth import ApiKey, KeyRing
-from torpor.engines.base import Engine
+from torpor.engines.base import Engine, route_allowed
 from torpor.engines.fields import normalise, request_fields_of
 from torpor.engines.tokens import token_counter
 from torpor.errors import (
@@ -36,6 +36,7 @@ from torpor.errors import (
 from torpor.functions.routes import PREFIX as FUNCTIONS_PREFIX
 from torpor.functions.routes import split_function_path
 from torpor.gateway.dispatch import Dispatcher, UpstreamRequest
+from torpor.gateway.responses_api import ChatCall, ResponsesApi
 from torpor.paths import check_route
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,7 @@ Send = Callable[[Message], Awaitable[None]]
 # Default body limit; `torpor serve` passes the configured one in ProxyDeps.
 MAX_BODY_BYTES = 32 * 1024 * 1024
 _METERED_STREAMS = frozenset({"/v1/chat/completions", "/v1/completions"})
+_RESPONSES_ITEM = "/v1/responses/"
 # Request headers passed to the engine; everything else (auth above all) stays here.
 _FORWARD = frozenset({b"content-type", b"accept", b"user-agent", b"x-session-id", b"x-request-id"})
 _TRUE = frozenset({"1", "true", "yes", "on"})
@@ -109,8 +111,10 @@ class Responder:
 
 
 class Proxy:
-    def __init__(self, deps: Callable[[], ProxyDeps]):
+    def __init__(self, deps: Callable[[], ProxyDeps], responses: ResponsesApi | None = None):
         self._deps = deps
+        # `/v1/responses` for engines without it (translated to chat completions).
+        self.responses = responses or ResponsesApi()
         # Set when torpor begins to stop: new requests get it (a 503 with Retry-After).
         self.stopping: TorporError | None = None
         self._handlers: set[asyncio.Future[None]] = set()
@@ -192,6 +196,13 @@ class Proxy:
         if path.startswith("/v1/models/") and method == "GET":
             await _send_model(deps, key, deployment, path[len("/v1/models/") :], out)
             return
+        if path.startswith(_RESPONSES_ITEM) and method in ("GET", "DELETE"):
+            response_id = path[len(_RESPONSES_ITEM) :]
+            if self.responses.store.get(key, response_id) is not None or deployment is None:
+                # Kept by torpor (translated); without a deployment, nothing else has it.
+                act = self.responses.retrieve if method == "GET" else self.responses.delete
+                await act(key, response_id, out)
+                return
         payload = _parse_json(body) if body else None
         if deployment is None:
             deployment = _model_of(payload, scope)
@@ -199,9 +210,16 @@ class Proxy:
             raise Forbidden(f"This API key may not use deployment {deployment!r}")
         deps.dispatcher.gate(deployment)  # unknown deployment: 404 before anything else
         routes = deps.routes_of(deployment) if deps.routes_of is not None else None
+        engine = deps.engine_of(deployment) if deps.engine_of is not None else None
+        native = routes is not None and route_allowed(path, routes[0])
+        if path == "/v1/responses" and method == "POST" and payload is not None and not native:
+            # Served by translation: the key needs what the chat call needs.
+            if routes is not None:
+                check_route(key, deployment, "/v1/chat/completions", *routes)
+            await self._responses(deps, key, deployment, engine, payload, scope, arrived, out)
+            return
         if routes is not None:
             check_route(key, deployment, path, *routes)
-        engine = deps.engine_of(deployment) if deps.engine_of is not None else None
         stream = bool(payload and payload.get("stream") is True)
         strip_usage = want_usage = False
         if payload is not None:
@@ -255,6 +273,32 @@ class Proxy:
             await out.full(202, [(b"content-type", b"application/json")], orjson.dumps(accepted))
             return
         await deps.dispatcher.dispatch(request, out)
+
+    async def _responses(
+        self,
+        deps: ProxyDeps,
+        key: ApiKey,
+        deployment: str,
+        engine: Engine | None,
+        payload: dict[str, Any],
+        scope: Scope,
+        arrived: float,
+        out: Responder,
+    ) -> None:
+        fields = request_fields_of(engine)
+        route = "/v1/chat/completions"
+        call = ChatCall(
+            key=key,
+            deployment=deployment,
+            headers={k.decode(): v.decode() for k, v in scope["headers"] if k in _FORWARD},
+            session_id=_header(dict(scope["headers"]), b"x-session-id"),
+            arrived=arrived,
+            prepare=lambda chat: normalise(chat, route, fields),
+            counter=lambda chat: token_counter(engine, deployment, route, chat),
+        )
+        if deps.dispatcher.meter is not None:
+            deps.dispatcher.meter.check(key, deployment)
+        await self.responses.create(deps.dispatcher, call, payload, out)
 
 
 async def _send_models(
