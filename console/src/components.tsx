@@ -1,7 +1,7 @@
 import type { ComponentChildren } from "preact";
 import { useEffect, useRef, useState } from "preact/hooks";
 import Chart from "chart.js/auto";
-import { tone, usageTone, fmtNum, type ModelType, curlSnippet, pythonSnippet } from "./util";
+import { tone, usageTone, fmtCost, fmtNum, type ModelType, curlSnippet, pythonSnippet } from "./util";
 
 export function Badge({ value, label, testid }: { value: string; label?: string; testid?: string }) {
   return (
@@ -144,7 +144,7 @@ export interface Series {
 
 const PALETTE = ["#4f46e5", "#0ea5e9", "#f59e0b", "#10b981", "#ef4444"];
 
-export function LineChart({ title, labels, series, testid, loading = false }: { title: string; labels: string[]; series: Series[]; testid?: string; loading?: boolean }) {
+export function LineChart({ title, labels, series, testid, loading = false, money = false }: { title: string; labels: string[]; series: Series[]; testid?: string; loading?: boolean; money?: boolean }) {
   const canvas = useRef<HTMLCanvasElement>(null);
   const chart = useRef<Chart | null>(null);
   useEffect(() => {
@@ -158,7 +158,10 @@ export function LineChart({ title, labels, series, testid, loading = false }: { 
         animation: false,
         interaction: { mode: "index", intersect: false },
         plugins: { legend: { display: true, position: "bottom", labels: { boxWidth: 10 } } },
-        scales: { y: { beginAtZero: true, ticks: { maxTicksLimit: 5 } }, x: { ticks: { maxTicksLimit: 6, autoSkip: true } } },
+        scales: {
+          y: { beginAtZero: true, ticks: { maxTicksLimit: 5, ...(money ? { callback: (v: string | number) => fmtCost(Number(v)) } : {}) } },
+          x: { ticks: { maxTicksLimit: 6, autoSkip: true } },
+        },
       },
     });
     return () => chart.current?.destroy();

@@ -218,7 +218,7 @@ export function Dashboard({ me }: { me: Me }) {
         />
         <LineChart title="Avg latency (ms)" labels={labels} series={[{ label: "latency", data: series.map((p) => (quiet(p) ? null : p.avg_latency_ms)) }]} testid="chart-latency" loading={loading} />
         <LineChart title="Tokens per second" labels={labels} series={[{ label: "tok/s", data: series.map((p) => (quiet(p) ? null : p.tokens_per_s)) }]} testid="chart-tps" loading={loading} />
-        <LineChart title="Cost ($)" labels={labels} series={[{ label: "cost", data: series.map((p) => p.cost) }]} testid="chart-cost" loading={loading} />
+        <LineChart title="Cost ($)" labels={labels} series={[{ label: "cost", data: series.map((p) => p.cost) }]} testid="chart-cost" loading={loading} money />
       </div>
     </section>
   );
