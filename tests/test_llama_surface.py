@@ -279,3 +279,47 @@ def test_responses_json_schema_output(llama: TorporServer) -> None:
     )
     answer = json.loads(resp.output_text)
     assert isinstance(answer["city"], str) and isinstance(answer["population"], int)
+
+
+def test_openai_agents_sdk_two_turn_agent_with_a_function_tool(llama: TorporServer) -> None:
+    """The OpenAI Agents SDK with its default model (the Responses API) runs unchanged."""
+    from agents import (
+        Agent,
+        ModelSettings,
+        Runner,
+        function_tool,
+        set_default_openai_api,
+        set_default_openai_client,
+        set_tracing_disabled,
+    )
+
+    set_tracing_disabled(True)  # no traces leave the machine
+    set_default_openai_api("responses")
+    set_default_openai_client(
+        openai.AsyncOpenAI(base_url=llama.url + "/v1", api_key=llama.admin_key, max_retries=0),
+        use_for_tracing=False,
+    )
+    asked: list[str] = []
+
+    @function_tool
+    def get_weather(city: str) -> str:
+        """The current weather in a city."""
+        asked.append(city)
+        return f"It is 21 degrees and sunny in {city}."
+
+    agent = Agent(
+        name="weather",
+        instructions="You answer questions about the weather using the tool.",
+        model="smollm2",
+        tools=[get_weather],
+        # SmolLM2 on llama.cpp calls a tool only when told which; the SDK resets the choice
+        # after the call, so the second turn answers in text.
+        model_settings=ModelSettings(tool_choice="get_weather", max_tokens=80, temperature=0),
+    )
+    result = Runner.run_sync(agent, "What is the weather in Paris?", max_turns=3)
+    assert len(asked) == 1 and asked[0]
+    assert isinstance(result.final_output, str) and result.final_output.strip()
+    kinds = [item.type for item in result.new_items]
+    assert kinds[:2] == ["tool_call_item", "tool_call_output_item"]
+    assert kinds[-1] == "message_output_item"
+    assert len(result.raw_responses) == 2  # two model turns
