@@ -408,6 +408,8 @@ class Controller:
                     continue
                 code = self.runtime.poll(h)
                 ended = code is not None or h.exit_reason is not None
+                if not ended and w.state is not WorkerState.PROVISIONING:
+                    continue  # serving and alive: nothing to judge (the common case)
                 views[w.id] = (
                     dep,
                     w,
