@@ -26,7 +26,8 @@ def launch(s: DeploymentSpec, model: Path | None = MODEL) -> Any:
 
 
 def test_frameworks() -> None:
-    frameworks = {"llama.cpp", "vllm", "sglang", "ollama", "embed", "custom", "function"}
+    frameworks = {"llama.cpp", "vllm", "vllm-omni", "sglang", "ollama", "embed", "custom"}
+    frameworks.add("function")
     assert set(FRAMEWORKS) == frameworks
 
 

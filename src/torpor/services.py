@@ -21,6 +21,7 @@ from torpor.errors import ShuttingDown
 from torpor.functions.builder import ImageBuilder
 from torpor.gateway.dispatch import Dispatcher
 from torpor.gateway.proxy import ProxyDeps
+from torpor.gateway.state import StateSweeper, StoredState
 from torpor.gpus import GpuPool, detect_devices, parse_declared
 from torpor.metering.budget import Caps
 from torpor.metering.meter import Meter
@@ -70,6 +71,8 @@ class Services:
     metrics: Metrics = field(init=False)
     meter: Meter = field(init=False)
     images: ImageBuilder = field(init=False)
+    state: StoredState = field(init=False)
+    _sweeper: StateSweeper | None = field(default=None, init=False)
     _dispatcher: Dispatcher | None = field(default=None, init=False)
     _proxy_deps: ProxyDeps | None = field(default=None, init=False)
     _prices: dict[str, tuple[DeploymentSpec, Prices]] = field(default_factory=dict, init=False)
@@ -93,6 +96,7 @@ class Services:
         self.store = await open_store(s.resolved_database_url)
         self.keys = KeyRing(self.store)
         await self.keys.load()
+        self.state = StoredState(self.store.engine, utcnow)
         self.generated_admin_key = await bootstrap_admin(self.keys, s.admin_key, s.data_dir)
         self.gpus = GpuPool(parse_declared(s.gpus) if s.gpus else detect_devices())
         self.images = ImageBuilder(s.data_dir / "images")
@@ -146,6 +150,10 @@ class Services:
             AsyncDeps(s, self.store, lambda: self.dispatcher, self._spec_of, self.http, utcnow)
         )
         await self.async_requests.start()
+        self._sweeper = StateSweeper(
+            self.state, s.stored_state_retention_s, s.async_sweep_interval_s
+        )
+        self._sweeper.start()
 
     def begin_shutdown(self) -> None:
         """Stop taking work: every request still queued for a worker gets a 503 now (the
@@ -173,6 +181,8 @@ class Services:
 
     async def stop(self) -> None:
         await self.async_requests.stop()  # first: interrupted requests stay accepted
+        if self._sweeper is not None:
+            await self._sweeper.stop()
         await self.controller.shutdown()
         close = getattr(self.runtime, "close", None)
         if close is not None:
@@ -195,6 +205,8 @@ class Services:
                 routes_of=self.routes_of,
                 max_body_bytes=self.settings.max_inference_body_bytes,
                 engine_of=self.engine_of,
+                responses_store=self.state.responses,
+                video_jobs=self.state.videos,
             )
         return self._proxy_deps
 

@@ -73,6 +73,9 @@ class Settings(BaseSettings):
     storage_gb_month_usd: float = Field(default=0.10, ge=0)
     # Async requests: results (and the stored request) are deleted this long after they end.
     async_retention_s: float = Field(default=86400.0, gt=0)
+    # Stored Responses (previous_response_id, GET /v1/responses/{id}) and video job records
+    # are deleted this long after they were made.
+    stored_state_retention_s: float = Field(default=30 * 86400.0, gt=0)
     # Period of the async runner's look for due work (it also wakes at once on new requests).
     async_poll_interval_s: float = Field(default=1.0, gt=0)
     async_sweep_interval_s: float = Field(default=60.0, gt=0)

@@ -10,10 +10,12 @@ from torpor.engines.llamacpp import LlamaCppEngine
 from torpor.engines.ollama import OllamaEngine
 from torpor.engines.sglang import SglangEngine
 from torpor.engines.vllm import VllmEngine
+from torpor.engines.vllm_omni import VllmOmniEngine
 
 FRAMEWORKS: dict[str, Engine] = {
     LlamaCppEngine.name: LlamaCppEngine(),
     VllmEngine.name: VllmEngine(),
+    VllmOmniEngine.name: VllmOmniEngine(),
     SglangEngine.name: SglangEngine(),
     OllamaEngine.name: OllamaEngine(),
     EmbedEngine.name: EmbedEngine(),

@@ -162,6 +162,57 @@ FRAMEWORK_INFO: dict[str, FrameworkInfo] = {
             ),
         ),
         FrameworkInfo(
+            name="vllm-omni",
+            label="vLLM-Omni (video)",
+            model_label="Model",
+            model_help="A diffusion video model: a Hugging Face repo id (fetched once into the "
+            "deployment's storage) or a local model directory. Videos are jobs under "
+            "/v1/videos.",
+            model_placeholder="Wan-AI/Wan2.1-T2V-1.3B-Diffusers",
+            model_required=True,
+            # Jobs run in the engine's background; a slot is held only while one is created,
+            # polled or downloaded.
+            default_concurrency=4,
+            options=(
+                OptionField(
+                    "tensor_parallel_size",
+                    "Tensor parallel size",
+                    "integer",
+                    "GPUs one model is split over; at most the worker's GPUs.",
+                    "1",
+                    example=1,
+                ),
+                OptionField(
+                    "enable_cpu_offload",
+                    "CPU offload",
+                    "boolean",
+                    "Keep idle model parts in CPU memory (less GPU memory, slower).",
+                    example=True,
+                ),
+                OptionField(
+                    "vae_use_slicing",
+                    "VAE slicing",
+                    "boolean",
+                    "Decode frames in slices to save GPU memory.",
+                    example=True,
+                ),
+                OptionField(
+                    "vae_use_tiling",
+                    "VAE tiling",
+                    "boolean",
+                    "Decode frames in tiles to save GPU memory.",
+                    example=True,
+                ),
+                OptionField(
+                    "enforce_eager",
+                    "Eager mode",
+                    "boolean",
+                    "No torch.compile: faster start, slower generation.",
+                    example=False,
+                ),
+            ),
+        ),
+        FrameworkInfo(
             name="ollama",
             label="Ollama",
             model_label="Model tag",

@@ -86,6 +86,8 @@ class UpstreamRequest:
     # Streams: completion text -> the engine's calls that count this request's tokens,
     # used when the engine sent no usage (torpor.engines.tokens).
     count_tokens: Callable[[str], TokenCalls | None] | None = None
+    # The route the usage record names when the path holds an id ("/v1/videos/{video_id}").
+    metered_route: str | None = None
 
     @property
     def route(self) -> str:
@@ -124,7 +126,7 @@ class _Trace:
             deployment=req.deployment,
             key_id=req.key.id,
             session_id=req.session_id,
-            route=req.route,
+            route=req.metered_route or req.route,
             status=self.status,
             prompt_tokens=self.prompt_tokens,
             completion_tokens=self.completion_tokens,

@@ -37,6 +37,8 @@ from torpor.functions.routes import PREFIX as FUNCTIONS_PREFIX
 from torpor.functions.routes import split_function_path
 from torpor.gateway.dispatch import Dispatcher, UpstreamRequest
 from torpor.gateway.responses_api import ChatCall, ResponsesApi
+from torpor.gateway.state import ResponseStore
+from torpor.gateway.videos import VideoCall, VideoJobStore, is_video_route, serve_video
 from torpor.paths import check_route
 
 log = logging.getLogger(__name__)
@@ -72,6 +74,10 @@ class ProxyDeps:
     max_body_bytes: int = MAX_BODY_BYTES
     # The deployment's engine (request fields, tokenizer, native routes); None when unknown.
     engine_of: Callable[[str], Engine | None] | None = None
+    # Stored Responses (torpor.gateway.state) and video jobs; None keeps Responses in this
+    # process's memory and serves no video job routes.
+    responses_store: ResponseStore | None = None
+    video_jobs: VideoJobStore | None = None
 
 
 class Responder:
@@ -196,13 +202,28 @@ class Proxy:
         if path.startswith("/v1/models/") and method == "GET":
             await _send_model(deps, key, deployment, path[len("/v1/models/") :], out)
             return
+        responses = self._responses_api(deps)
         if path.startswith(_RESPONSES_ITEM) and method in ("GET", "DELETE"):
             response_id = path[len(_RESPONSES_ITEM) :]
-            if self.responses.store.get(key, response_id) is not None or deployment is None:
+            if await responses.store.get(key, response_id) is not None or deployment is None:
                 # Kept by torpor (translated); without a deployment, nothing else has it.
-                act = self.responses.retrieve if method == "GET" else self.responses.delete
+                act = responses.retrieve if method == "GET" else responses.delete
                 await act(key, response_id, out)
                 return
+        if deps.video_jobs is not None and is_video_route(path):
+            call = VideoCall(
+                key=key,
+                deployment=deployment,
+                method=method,
+                route=path,
+                query=scope.get("query_string", b"").decode("latin-1"),
+                headers={k.decode(): v.decode() for k, v in scope["headers"] if k in _FORWARD},
+                body=body,
+                session_id=_header(headers, b"x-session-id"),
+                arrived=arrived,
+            )
+            await serve_video(deps, deps.video_jobs, call, out)
+            return
         payload = _parse_json(body) if body else None
         if deployment is None:
             deployment = _model_of(payload, scope)
@@ -298,7 +319,12 @@ class Proxy:
         )
         if deps.dispatcher.meter is not None:
             deps.dispatcher.meter.check(key, deployment)
-        await self.responses.create(deps.dispatcher, call, payload, out)
+        await self._responses_api(deps).create(deps.dispatcher, call, payload, out)
+
+    def _responses_api(self, deps: ProxyDeps) -> ResponsesApi:
+        if deps.responses_store is None:
+            return self.responses
+        return ResponsesApi(deps.responses_store)
 
 
 async def _send_models(

@@ -3,13 +3,12 @@ request is translated (torpor.gateway.responses), sent through the normal dispat
 admission, retries and metering apply), and the answer translated back. Responses are kept
 per API key for `previous_response_id`, `GET` and `DELETE /v1/responses/{id}`.
 
-The store is in this process's memory, bounded (oldest forgotten first): a conversation
-continues on the torpor process that holds it.
+`torpor serve` keeps them in the database (torpor.gateway.state): a conversation continues
+on any torpor process, and after a restart, until the retention deletes it.
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -27,40 +26,10 @@ from torpor.gateway.responses import (
     new_id,
     to_chat,
 )
+from torpor.gateway.state import MemoryResponseStore, ResponseStore, Stored
 
-CAPACITY = 10_000
 CHAT_ROUTE = "/v1/chat/completions"
 _JSON_HEADERS = [(b"content-type", b"application/json")]
-
-
-@dataclass
-class Stored:
-    key_id: str
-    response: JSON
-    # The conversation up to and including this answer, as chat messages.
-    history: list[JSON]
-
-
-class ResponseStore:
-    def __init__(self, capacity: int = CAPACITY):
-        self.capacity = capacity
-        self._items: OrderedDict[str, Stored] = OrderedDict()
-
-    def get(self, key: ApiKey, response_id: str) -> Stored | None:
-        stored = self._items.get(response_id)
-        return stored if stored is not None and stored.key_id == key.id else None
-
-    def put(self, response_id: str, stored: Stored) -> None:
-        self._items[response_id] = stored
-        self._items.move_to_end(response_id)
-        while len(self._items) > self.capacity:
-            self._items.popitem(last=False)
-
-    def delete(self, key: ApiKey, response_id: str) -> bool:
-        if self.get(key, response_id) is None:
-            return False
-        del self._items[response_id]
-        return True
 
 
 @dataclass(frozen=True)
@@ -79,16 +48,16 @@ class ChatCall:
 
 class ResponsesApi:
     def __init__(self, store: ResponseStore | None = None):
-        self.store = store or ResponseStore()
+        self.store: ResponseStore = store or MemoryResponseStore()
 
     async def retrieve(self, key: ApiKey, response_id: str, out: Sink) -> None:
-        stored = self.store.get(key, response_id)
+        stored = await self.store.get(key, response_id)
         if stored is None:
             raise _not_found(response_id)
         await out.full(200, _JSON_HEADERS, orjson.dumps(stored.response))
 
     async def delete(self, key: ApiKey, response_id: str, out: Sink) -> None:
-        if not self.store.delete(key, response_id):
+        if not await self.store.delete(key, response_id):
             raise _not_found(response_id)
         body = {"id": response_id, "object": "response", "deleted": True}
         await out.full(200, _JSON_HEADERS, orjson.dumps(body))
@@ -97,7 +66,7 @@ class ResponsesApi:
         history: list[JSON] = []
         previous = body.get("previous_response_id")
         if previous is not None:
-            stored = self.store.get(call.key, str(previous))
+            stored = await self.store.get(call.key, str(previous))
             if stored is None:
                 raise _not_found(str(previous), "previous_response_id")
             history = stored.history
@@ -131,14 +100,19 @@ class ResponsesApi:
             chat = orjson.loads(buffered.content)
             response, answer = from_chat(body, chat, response_id, call.deployment)
             if keep:
-                self.store.put(response_id, Stored(call.key.id, response, [*base, answer]))
+                await self.store.put(
+                    response_id, Stored(call.key.id, response, [*base, answer], call.deployment)
+                )
             await out.full(200, _JSON_HEADERS, orjson.dumps(response))
             return
         translator = StreamTranslator(body, response_id, call.deployment)
         await dispatcher.dispatch(request, _TranslatingSink(out, translator))
         if keep and translator.finished and translator.final()["status"] != "failed":
             answer = assistant_message(translator.output)
-            self.store.put(response_id, Stored(call.key.id, translator.final(), [*base, answer]))
+            await self.store.put(
+                response_id,
+                Stored(call.key.id, translator.final(), [*base, answer], call.deployment),
+            )
 
 
 class _TranslatingSink:
