@@ -8,6 +8,7 @@ Needs the built console (console/dist: `scripts/install` builds it) and /usr/bin
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -16,7 +17,7 @@ from typing import Any
 import httpx
 import openai
 import pytest
-from playwright.sync_api import Browser, ConsoleMessage, Page, expect, sync_playwright
+from playwright.sync_api import Browser, ConsoleMessage, Page, Route, expect, sync_playwright
 
 from tests.conftest import REPO, TorporServer, fake_spec
 
@@ -120,6 +121,16 @@ def wait_until(check: Callable[[], bool], timeout: float = 10, what: str = "cond
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.1)
+
+
+def pump_until(page: Page, check: Callable[[], bool], what: str, timeout: float = 10) -> None:
+    """Wait for something a Playwright event handler records (handlers run while the page
+    waits, so this polls through the page rather than time.sleep)."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        page.wait_for_timeout(50)
 
 
 def send(page: Page, text: str) -> None:
@@ -818,6 +829,97 @@ def test_keys_spend_against_budget_and_bootstrap_key(ui: Console, srv: TorporSer
     ui.shoot("keys-spend")
 
 
+def test_overview_workers_and_volume(ui: Console, srv: TorporServer) -> None:
+    """The overview lists the workers (state, uptime, in flight, restarts, endpoint, GPUs)
+    and the volume (directory, model bytes against storage_gb), never raw keys."""
+    deploy_ready(srv, "ov-busy", "--tokens 400 --token-delay-ms 50")
+    port = srv.get("ov-busy")["workers"][0]["port"]
+    with (
+        srv.api() as c,
+        c.stream(
+            "POST",
+            "/v1/chat/completions",
+            json={
+                "model": "ov-busy",
+                "stream": True,
+                "messages": [{"role": "user", "content": "hi"}],
+            },
+        ) as streaming,
+    ):
+        assert streaming.status_code == 200
+        lines = streaming.iter_lines()  # kept: a dropped iterator closes the stream
+        assert next(lines).startswith("data: ")  # the request holds a slot now
+        page = ui.open("/deployments/ov-busy/overview")
+        row = page.locator("[data-testid=overview-workers] tr.worker")
+        expect(row).to_have_count(1)
+        expect(row).to_have_attribute("data-state", "healthy")
+        expect(row.get_by_test_id("inflight")).to_have_text("1")
+        expect(row.get_by_test_id("restarts")).to_have_text("0")
+        expect(row.get_by_test_id("worker-endpoint")).to_have_text(f"http://127.0.0.1:{port}")
+        expect(row.get_by_test_id("gpu-ids")).to_have_text("none (CPU)")
+        expect(row.get_by_test_id("uptime")).to_have_text(re.compile(r"^\d+s$|^\d+m \d+s$"))
+        ui.shoot("deployment-overview-busy")
+    expect(row.get_by_test_id("inflight")).to_have_text("0", timeout=10_000)
+
+    # The volume of a deployment with a model: its directory, and bytes against the limit.
+    model_bytes = srv.get("smollm2")["storage"]["model_bytes"]
+    assert model_bytes and model_bytes > 1_000_000
+    page = ui.open("/deployments/smollm2/overview")
+    volume = page.get_by_test_id("volume")
+    expect(page.get_by_test_id("volume-dir")).to_have_text(
+        str(srv.data_dir / "deployments" / "smollm2")
+    )
+    expect(page.get_by_test_id("model-size")).to_have_text(f"{model_bytes / 1e6:.1f} MB")
+    bar = volume.get_by_test_id("usage-bar")
+    expect(bar).to_contain_text(f"Storage: {model_bytes / 1e6:.1f} MB of 100 GB (<1%)")
+    fill = bar.locator(".usage-fill")
+    assert fill.get_attribute("style") == f"width: {model_bytes / 1e11 * 100:.1f}%;"
+    expect(page.locator("main")).not_to_contain_text("model_bytes")
+    expect(page.locator("main")).not_to_contain_text(str(model_bytes))
+    ui.shoot("deployment-overview")
+
+
+def test_crash_loop_overview_shows_the_last_log_lines(ui: Console, srv: TorporServer) -> None:
+    srv.deploy(fake_spec("crashy", engine_args="--fail-mode crash-on-start", min_workers=1))
+    try:
+        srv.wait_for("crashy", lambda d: d["status"] == "error", timeout=30)
+        page = ui.open("/deployments/crashy/overview")
+        failure = page.get_by_test_id("last-error")
+        expect(failure).to_be_visible()
+        expect(failure.get_by_test_id("log-tail")).to_contain_text("crashing on purpose")
+        expect(page.get_by_test_id("reason")).to_contain_text("crash loop")
+        # The setup is done; a bare "running" next to a crash loop read as "all is well".
+        expect(page.get_by_test_id("setup")).not_to_have_text("running")
+        ui.shoot("deployment-overview-crash-loop")
+    finally:
+        assert srv.api().delete("/api/deployments/crashy").status_code in (200, 202, 204)
+
+
+def test_metrics_tab_loading_state(ui: Console, srv: TorporServer) -> None:
+    held: list[Route] = []
+    ui.page.route("**/api/deployments/smollm2/metrics?*", lambda route: held.append(route))
+    page = ui.open("/deployments/smollm2/metrics")
+    expect(page.get_by_test_id("metrics-loading")).to_be_visible()
+    expect(page.get_by_text("No data yet")).to_have_count(0)
+    pump_until(page, lambda: bool(held), "the metrics request")
+    for route in held:
+        route.continue_()
+    ui.page.unroute("**/api/deployments/smollm2/metrics?*")
+    expect(page.get_by_test_id("metric-total")).to_be_visible()
+    expect(page.get_by_test_id("metrics-loading")).to_have_count(0)
+    # Another window is loading until its own data is there (never the last window's).
+    held.clear()
+    ui.page.route("**/api/deployments/smollm2/metrics?window=24h", lambda route: held.append(route))
+    page.get_by_role("button", name="24h").click()
+    expect(page.get_by_test_id("metrics-loading")).to_be_visible()
+    pump_until(page, lambda: bool(held), "the 24h request")
+    expect(page.get_by_test_id("metric-total")).to_have_count(0)
+    for route in held:
+        route.continue_()
+    ui.page.unroute("**/api/deployments/smollm2/metrics?window=24h")
+    expect(page.get_by_test_id("metric-total")).to_be_visible()
+
+
 def test_non_admin_console(browser: Browser, srv: TorporServer) -> None:
     with srv.api() as c:
         made = c.post(
@@ -839,6 +941,11 @@ def test_non_admin_console(browser: Browser, srv: TorporServer) -> None:
         page = c.open("/deployments/smollm2/overview")
         expect(page.get_by_role("heading", name="smollm2")).to_be_visible()
         expect(page.get_by_text("Model files")).to_have_count(0)  # no server paths
+        expect(page.locator("main")).not_to_contain_text(str(srv.data_dir))
+        expect(page.get_by_test_id("volume")).to_have_count(0)
+        # Workers with their state, never their addresses.
+        expect(page.get_by_role("heading", name="Workers")).to_be_visible()
+        expect(page.get_by_test_id("worker-endpoint")).to_have_count(0)
         c.shoot("deployment-non-admin")
         page = c.open("/catalog")
         expect(page.locator(".card[data-deployment=smollm2]")).to_be_visible()

@@ -83,7 +83,11 @@ def test_fetched_once_for_all_workers_with_progress_and_size(
             "files": 2,
             "done": True,
         }
-        assert dep["storage"] == {"limit_gb": 100.0, "model_bytes": TOTAL}
+        assert dep["storage"] == {
+            "dir": str(tmp_path / "data" / "deployments" / "m"),
+            "limit_gb": 100.0,
+            "model_bytes": TOTAL,
+        }
         model_dir = Path(dep["model_path"])
         assert model_dir.is_relative_to(tmp_path / "data" / "deployments" / "m")
         assert (model_dir / "weights.bin").read_bytes() == WEIGHTS

@@ -52,7 +52,13 @@ export function usePoll<T>(load: () => Promise<T>, ms: number, deps: unknown[] =
   return [data, error, () => setTick((t) => t + 1)];
 }
 
-export function UsageBar({ used, limit, label }: { used: number; limit: number | null | undefined; label?: string }) {
+/** A fraction as a percentage people read: "<1%" rather than "0%" for a little. */
+function pct(fraction: number): string {
+  const p = fraction * 100;
+  return p > 0 && p < 1 ? "<1%" : `${Math.round(p)}%`;
+}
+
+export function UsageBar({ used, limit, label, format = fmtNum }: { used: number; limit: number | null | undefined; label?: string; format?: (n: number) => string }) {
   if (!limit) {
     return (
       <div class="usage" data-testid="usage-bar" data-tone="none">
@@ -60,7 +66,7 @@ export function UsageBar({ used, limit, label }: { used: number; limit: number |
           <div class="usage-fill none" style={{ width: "0%" }} />
         </div>
         <div class="usage-label">
-          {label ?? "Tokens"}: {fmtNum(used)} used · no plan limit
+          {label ?? "Tokens"}: {format(used)} used · no plan limit
         </div>
       </div>
     );
@@ -73,7 +79,7 @@ export function UsageBar({ used, limit, label }: { used: number; limit: number |
         <div class={`usage-fill ${t}`} style={{ width: `${(frac * 100).toFixed(1)}%` }} />
       </div>
       <div class="usage-label">
-        {label ?? "Tokens"}: {fmtNum(used)} / {fmtNum(limit)} ({Math.round((used / limit) * 100)}%)
+        {label ?? "Tokens"}: {format(used)} of {format(limit)} ({pct(used / limit)})
       </div>
     </div>
   );

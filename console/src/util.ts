@@ -144,6 +144,63 @@ export function fmtAge(iso: string | null | undefined): string {
   return `${Math.floor(s / 86400)}d`;
 }
 
+/** Bytes in decimal units, as disks are sold: "98.4 MB", "100 GB". */
+export function fmtBytes(n: number | null | undefined): string {
+  if (n === null || n === undefined || Number.isNaN(n)) return "–";
+  const units = ["B", "kB", "MB", "GB", "TB", "PB"];
+  let v = Math.abs(n);
+  let i = 0;
+  while (v >= 1000 && i < units.length - 1) {
+    v /= 1000;
+    i++;
+  }
+  const digits = i === 0 || v >= 100 ? 0 : 1;
+  return `${n < 0 ? "-" : ""}${Number(v.toFixed(digits))} ${units[i]}`;
+}
+
+/** A duration in seconds as "45s", "12m 3s", "5h 2m", "3d 4h". */
+export function fmtDuration(seconds: number): string {
+  const s = Math.max(0, Math.floor(seconds));
+  if (s < 60) return `${s}s`;
+  if (s < 3600) return `${Math.floor(s / 60)}m ${s % 60}s`;
+  if (s < 86400) return `${Math.floor(s / 3600)}h ${Math.floor((s % 3600) / 60)}m`;
+  return `${Math.floor(s / 86400)}d ${Math.floor((s % 86400) / 3600)}h`;
+}
+
+/** How long a worker has been up (since it started); for an ended one, how long it ran. */
+export function workerUptime(w: Worker, now: number): string {
+  if (!w.started_at) return "–";
+  const start = new Date(w.started_at).getTime();
+  const end = w.stopped_at ? new Date(w.stopped_at).getTime() : now;
+  const text = fmtDuration((end - start) / 1000);
+  return w.stopped_at ? `ran ${text}` : text;
+}
+
+/** A worker's address as the gateway reaches it (admin view only). */
+export function workerEndpoint(w: Worker): string | null {
+  if (!w.host || !w.port) return null;
+  const host = w.host.includes(":") ? `[${w.host}]` : w.host;
+  const node = w.node && w.node !== "local" ? ` on ${w.node}` : "";
+  return `http://${host}:${w.port}${node}`;
+}
+
+const SETUP_LABEL: Record<string, string> = {
+  starting: "starting",
+  filesystem_created: "storage created",
+  downloading_model: "downloading the model",
+  model_downloaded: "model downloaded",
+  running: "done (serving)",
+  failed: "failed",
+  deleting: "deleting",
+  cleaning: "cleaning up",
+  deleted: "deleted",
+};
+
+/** The setup pipeline's state in words ("running" means the setup is done). */
+export function setupLabel(state: string): string {
+  return SETUP_LABEL[state] ?? state.replace(/_/g, " ");
+}
+
 export function fmtTime(iso: string | null | undefined): string {
   if (!iso) return "–";
   return new Date(iso).toLocaleString();

@@ -1,9 +1,10 @@
 import { useEffect, useRef, useState } from "preact/hooks";
 import { api, authHeaders, optional, type Deployment, type Me } from "../api";
 import { Badge, CopyButton, Empty, ErrorBox, hourLabel, LineChart, Modal, Stat, usePoll } from "../components";
-import { catalogInfo, deriveLifecycle, fmtAge, fmtMs, fmtNum, fmtTime, LIFECYCLE_LABEL, maskValue, STATUS_LABEL, workersFailingFirst } from "../util";
+import { fmtAge, fmtMs, fmtNum, fmtTime, STATUS_LABEL, workersFailingFirst } from "../util";
 import { ConnectModal, logsHref } from "./deployments";
 import { cleanOptions, envText, extrasOf, extrasToSpec, frameworkByName, loadFrameworks, optionValues, parseArgs, parseEnv, type Framework, type OptionValues } from "./frameworks";
+import { Overview } from "./overview";
 import { ExtrasInputs, OptionInputs } from "./specfields";
 
 const TABS: [string, string, boolean][] = [
@@ -51,7 +52,7 @@ export function DeploymentDetail({ name, tab, me }: { name: string; tab: string;
           </a>
         ))}
       </div>
-      {dep && current === "overview" && <Overview dep={dep} />}
+      {dep && current === "overview" && <Overview dep={dep} admin={me.admin} />}
       {dep && current === "workers" && <Workers dep={dep} admin={me.admin} />}
       {current === "metrics" && <Metrics name={name} />}
       {current === "logs" && <Logs name={name} worker={worker} workers={dep?.workers.map((w) => w.id) ?? []} />}
@@ -59,141 +60,6 @@ export function DeploymentDetail({ name, tab, me }: { name: string; tab: string;
       {dep && current === "settings" && <Settings key={dep.name} dep={dep} onSaved={reload} />}
       {connect && dep && <ConnectModal dep={dep} onClose={() => setConnect(false)} />}
     </section>
-  );
-}
-
-function Overview({ dep }: { dep: Deployment }) {
-  const [events] = usePoll(() => api<{ data: { at: string; kind: string; state: string; message: string }[] }>(`/api/deployments/${encodeURIComponent(dep.name)}/events`), 5000, [dep.name]);
-  const info = catalogInfo(dep);
-  const life = deriveLifecycle(dep);
-  const command = dep.command ?? dep.options?.command;
-  const storage = dep.storage ?? null;
-  return (
-    <div class="overview">
-      <div class="two">
-        <div class="panel">
-          <h3>Status</h3>
-          <div class="kv">
-            <span>Serving</span>
-            <span>
-              <Badge value={dep.status} label={STATUS_LABEL[dep.status] ?? dep.status} />
-            </span>
-            <span>Lifecycle</span>
-            <span>
-              <Badge value={life} label={LIFECYCLE_LABEL[life]} />
-            </span>
-            <span>Setup</span>
-            <span>{dep.state}</span>
-            <span>Reason</span>
-            <span>{dep.reason ?? "–"}</span>
-            <span>Workers</span>
-            <span>
-              {dep.ready_workers} ready of {dep.desired_workers} desired
-            </span>
-            <span>Queue</span>
-            <span>
-              {dep.queue.inflight} in flight, {dep.queue.waiting} waiting
-            </span>
-            <span>Endpoint</span>
-            <span class="mono">
-              {location.origin}
-              {dep.endpoint}
-            </span>
-          </div>
-        </div>
-        <div class="panel">
-          <h3>Resources</h3>
-          <div class="kv">
-            <span>Type</span>
-            <span>{info.type}</span>
-            <span>GPUs per worker</span>
-            <span>{dep.gpus || "none (CPU)"}</span>
-            <span>Workers</span>
-            <span>
-              {dep.min_workers}–{dep.max_workers}
-            </span>
-            <span>Concurrency</span>
-            <span>{dep.concurrency}</span>
-            <span>Idle timeout</span>
-            <span>{dep.idle_timeout_s} s</span>
-            <span>Wait time</span>
-            <span>{dep.wait_time_s} s</span>
-            <span>Max queue</span>
-            <span>{dep.max_queue}</span>
-          </div>
-        </div>
-      </div>
-      {dep.env !== undefined && (
-      <div class="two">
-        <div class="panel">
-          <h3>Command and arguments</h3>
-          <div class="kv">
-            <span>Framework</span>
-            <span>{dep.framework}</span>
-            <span>Model</span>
-            <span class="mono">{dep.model || "–"}</span>
-            {command && (
-              <>
-                <span>Command</span>
-                <span class="mono">{Array.isArray(command) ? command.join(" ") : String(command)}</span>
-              </>
-            )}
-            <span>Arguments</span>
-            <span class="mono">{dep.framework_args?.length ? dep.framework_args.join(" ") : "–"}</span>
-            {Object.entries(dep.options ?? {})
-              .filter(([k]) => k !== "command")
-              .map(([k, v]) => (
-                <>
-                  <span>{k}</span>
-                  <span class="mono">{typeof v === "string" ? v : JSON.stringify(v)}</span>
-                </>
-              ))}
-          </div>
-        </div>
-        <div class="panel">
-          <h3>Environment</h3>
-          {Object.keys(dep.env ?? {}).length === 0 ? (
-            <div class="muted">No variables.</div>
-          ) : (
-            <div class="kv" data-testid="env">
-              {Object.entries(dep.env ?? {}).map(([k, v]) => (
-                <>
-                  <span class="mono">{k}</span>
-                  <span class="mono">{maskValue(k, v)}</span>
-                </>
-              ))}
-            </div>
-          )}
-          <h3>Storage</h3>
-          <div class="kv">
-            <span>Model files</span>
-            <span class="mono">{dep.model_path ?? "–"}</span>
-            {storage &&
-              Object.entries(storage).map(([k, v]) => (
-                <>
-                  <span>{k}</span>
-                  <span class="mono">{String(v)}</span>
-                </>
-              ))}
-          </div>
-        </div>
-      </div>
-      )}
-      <div class="panel">
-        <h3>Events</h3>
-        {(events?.data ?? []).length === 0 ? (
-          <div class="muted">No events.</div>
-        ) : (
-          <ul class="events">
-            {[...(events?.data ?? [])].reverse().slice(0, 50).map((e) => (
-              <li>
-                <span class="muted small">{fmtTime(e.at)}</span> <Badge value={e.state} /> {e.message ?? ""}
-              </li>
-            ))}
-          </ul>
-        )}
-      </div>
-    </div>
   );
 }
 
@@ -257,7 +123,15 @@ interface Metrics {
 
 function Metrics({ name }: { name: string }) {
   const [win, setWin] = useState("1h");
-  const [m] = usePoll(() => optional<Metrics>(`/api/deployments/${encodeURIComponent(name)}/metrics?window=${win}`), 10000, [name, win]);
+  // Tagged with its window, so a window still loading is not shown with the last one's data.
+  const [loaded, error] = usePoll(
+    () => optional<Metrics>(`/api/deployments/${encodeURIComponent(name)}/metrics?window=${win}`).then((data) => ({ win, data })),
+    10000,
+    [name, win],
+  );
+  const current = loaded && loaded.win === win ? loaded : null;
+  const loading = !error && !current;
+  const m = current?.data ?? null;
   return (
     <div>
       <div class="toolbar">
@@ -289,8 +163,15 @@ function Metrics({ name }: { name: string }) {
             />
           </div>
         </>
+      ) : loading ? (
+        <div class="empty" data-testid="metrics-loading" aria-busy="true">
+          Loading metrics…
+        </div>
       ) : (
-        <Empty>No data yet.</Empty>
+        <>
+          <ErrorBox error={error} />
+          <Empty>No metrics for this deployment.</Empty>
+        </>
       )}
     </div>
   );

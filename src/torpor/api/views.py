@@ -124,6 +124,7 @@ def _admin_view(controller: Controller, dep: Deployment) -> dict[str, Any]:
         # Download progress while the model is fetched (bytes, total, percent), then done.
         "download": dep.download.view() if dep.download is not None else None,
         "storage": {
+            "dir": str(controller.storage_dir(dep.name)),
             "limit_gb": dep.spec.storage_gb,
             "model_bytes": dep.model_size_bytes,
         },
@@ -134,6 +135,8 @@ def _admin_view(controller: Controller, dep: Deployment) -> dict[str, Any]:
 
 
 def _status_reason(controller: Controller, dep: Deployment) -> str | None:
+    if dep.budget_refusal:
+        return dep.budget_refusal
     if dep.waiting_for_gpus:
         return "No GPUs available for scale-up"
     if dep.last_error and dep.failures:
