@@ -129,23 +129,32 @@ def _key(srv: TorporServer, **fields: Any) -> tuple[str, str]:
 def test_budget_refuses_once_over_and_patch_raises_it(server: TorporServer) -> None:
     server.deploy(fake_spec("budgeted", engine_args="--tokens 4", min_workers=1))
     server.wait_for("budgeted", lambda d: d["status"] == "ready")
-    key, key_id = _key(server, budget_tokens_monthly=30, plan_tokens=1000)
+    key, key_id = _key(server, budget_tokens_monthly=60, plan_tokens=1000)
     client = server.openai(key)
-    for _ in range(5):  # 2 prompt + 4 completion tokens each: 30 in all
+    # Each request reserves its prompt's upper estimate (27 tokens for "hello there") plus
+    # max_tokens (4), and spends 2 + 4. After five, 30 tokens are left: the sixth gets its
+    # completion limit lowered to the 3 that fit; then 25 are left, too few for the prompt.
+    done = [
         client.chat.completions.create(model="budgeted", messages=MESSAGES, max_tokens=4)  # type: ignore[arg-type]
+        for _ in range(6)
+    ]
+    assert [r.usage.completion_tokens for r in done if r.usage] == [4, 4, 4, 4, 4, 3]
     with pytest.raises(openai.RateLimitError) as err:
         client.chat.completions.create(model="budgeted", messages=MESSAGES, max_tokens=4)  # type: ignore[arg-type]
     body = err.value.body
     assert isinstance(body, dict)
     assert body["type"] == "budget_exceeded" and body["code"] == "budget_exceeded"
-    assert body["message"] == "Budget exceeded for key 'capped': 30 of 30 tokens"
+    assert body["message"] == (
+        "Budget exceeded for key 'capped': the prompt (up to 27 tokens) and 1 completion "
+        "token(s) do not fit in the 25 tokens left of 60"
+    )
     with server.api(key) as c:
         me = c.get("/api/me").json()
-        assert me["usage_month"]["tokens"] == 30 and me["plan_tokens"] == 1000
+        assert me["usage_month"]["tokens"] == 35 and me["plan_tokens"] == 1000
 
     with server.api() as c:
-        r = c.patch(f"/api/keys/{key_id}", json={"budget_tokens_monthly": 60})
-        assert r.status_code == 200 and r.json()["budget_tokens_monthly"] == 60
+        r = c.patch(f"/api/keys/{key_id}", json={"budget_tokens_monthly": 120})
+        assert r.status_code == 200 and r.json()["budget_tokens_monthly"] == 120
     client.chat.completions.create(model="budgeted", messages=MESSAGES, max_tokens=4)  # type: ignore[arg-type]
 
     # A deployment-wide cap in dollars, through the spec.

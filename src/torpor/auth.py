@@ -43,6 +43,7 @@ class ApiKey:
     budget_usd_monthly: float | None = None
     budget_tokens_monthly: int | None = None
     plan_tokens: int | None = None
+    budget_gpu_usd_monthly: float | None = None
 
     def may_use(self, deployment: str) -> bool:
         return self.admin or self.deployments is None or deployment in self.deployments
@@ -70,7 +71,7 @@ class KeyRing:
 
     async def load(self) -> None:
         rows = await self._store.list_keys()
-        self._by_hash = {r.key_hash: _to_key(r) for r in rows if r.revoked_at is None}
+        self._by_hash = {r.key_hash: key_of_row(r) for r in rows if r.revoked_at is None}
 
     def authenticate(self, header: str | None) -> ApiKey:
         key = self._by_hash.get(hash_key(parse_bearer(header)))
@@ -100,14 +101,14 @@ class KeyRing:
             **(limits or {}),
         )
         await self._store.add_key(row)
-        self._by_hash[row.key_hash] = _to_key(row)
+        self._by_hash[row.key_hash] = key_of_row(row)
         return row, secret
 
     async def update(self, key_id: str, changes: dict[str, Any]) -> ApiKeyRow | None:
         """Change scope, budgets or plan of a key; the in-memory index follows."""
         row = await self._store.update_key(key_id, changes)
         if row is not None and row.revoked_at is None:
-            self._by_hash[row.key_hash] = _to_key(row)
+            self._by_hash[row.key_hash] = key_of_row(row)
         return row
 
     async def revoke(self, key_id: str) -> bool:
@@ -134,10 +135,11 @@ class KeyRing:
                 row.id, {"revoked_at": None, "admin": True, "deployments": None}
             )
             assert row is not None
-        self._by_hash[digest] = _to_key(row)
+        self._by_hash[digest] = key_of_row(row)
 
 
-def _to_key(row: ApiKeyRow) -> ApiKey:
+def key_of_row(row: ApiKeyRow) -> ApiKey:
+    """The in-memory key of a stored row (scope, budgets, plan)."""
     deps = frozenset(row.deployments) if row.deployments is not None else None
     return ApiKey(
         id=row.id,
@@ -147,6 +149,7 @@ def _to_key(row: ApiKeyRow) -> ApiKey:
         budget_usd_monthly=row.budget_usd_monthly,
         budget_tokens_monthly=row.budget_tokens_monthly,
         plan_tokens=row.plan_tokens,
+        budget_gpu_usd_monthly=row.budget_gpu_usd_monthly,
     )
 
 

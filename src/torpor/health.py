@@ -71,3 +71,29 @@ def judge(view: HealthView, now: float, start_timeout_s: float) -> Judgement:
 def crash_looping(failures: int, threshold: int) -> bool:
     """A deployment whose workers failed this many times in a row shows `error`."""
     return failures >= threshold
+
+
+class SuspectVerdict(StrEnum):
+    """What a health probe of a worker that let a request time out says."""
+
+    # It answers its health route: the request was slow, the worker stays.
+    RECOVERED = "recovered"
+    # Another probe decides (one failed probe is not enough).
+    PROBE_AGAIN = "probe_again"
+    # It answers nothing, not even its health route: replace it.
+    UNRESPONSIVE = "unresponsive"
+    # It has ended: the normal failure path takes it.
+    ENDED = "ended"
+
+
+def judge_suspect(probe: ProbeResult, failed_before: int, probes_to_fail: int) -> SuspectVerdict:
+    """A worker that took a request and said nothing until the request timeout is probed
+    (a health request with a short timeout), never taken out on the timeout alone: only
+    `probes_to_fail` failed probes in a row make it unresponsive."""
+    if probe.exited:
+        return SuspectVerdict.ENDED
+    if probe.ready:
+        return SuspectVerdict.RECOVERED
+    if failed_before + 1 >= probes_to_fail:
+        return SuspectVerdict.UNRESPONSIVE
+    return SuspectVerdict.PROBE_AGAIN

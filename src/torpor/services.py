@@ -27,6 +27,7 @@ from torpor.metering.budget import Caps
 from torpor.metering.meter import Meter
 from torpor.metering.metrics import Metrics
 from torpor.metering.pricing import Prices
+from torpor.metering.reserve import context_limit
 from torpor.models import BUNDLED_MODEL
 from torpor.runtime import Runtime
 from torpor.runtime.containers import instance_id
@@ -111,6 +112,9 @@ class Services:
             flush_interval_s=s.metering_flush_interval_s,
             storage_interval_s=s.storage_sample_interval_s,
             raw_retention_days=s.usage_raw_retention_days,
+            context_for=self._context_for,
+            heartbeat_s=s.gpu_heartbeat_s,
+            reservation_ttl_s=s.reservation_ttl_s,
         )
         await self.meter.load()
         self.runtime = await self._runtime()
@@ -253,6 +257,14 @@ class Services:
         if dep is None:
             return Caps()
         return Caps(dep.spec.budget_usd_monthly, dep.spec.budget_tokens_monthly)
+
+    def _context_for(self, deployment: str) -> int:
+        default = self.settings.default_context_tokens
+        dep = self.controller.deployments.get(deployment)
+        if dep is None:
+            return default
+        spec = dep.spec
+        return context_limit(spec.context_tokens, spec.options, spec.framework_args, default)
 
     def _storage_dirs(self) -> dict[str, Path]:
         return {name: self.controller.storage_dir(name) for name in self.controller.deployments}

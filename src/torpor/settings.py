@@ -71,6 +71,13 @@ class Settings(BaseSettings):
     # Per device-hour by GPU model name as declared or detected ("A100-80GB"), or "default".
     gpu_hourly_usd: dict[str, float] = Field(default_factory=lambda: {"default": 2.0})
     storage_gb_month_usd: float = Field(default=0.10, ge=0)
+    # Worker GPU time is accrued (budgets, chargeback) and open sessions' heartbeat written
+    # this often; after a crash a session is billed up to its last heartbeat.
+    gpu_heartbeat_s: float = Field(default=10.0, gt=0, le=60)
+    # A deployment's context window when neither its spec nor its engine options name one.
+    default_context_tokens: int = Field(default=32768, ge=1, le=2**31 - 1)
+    # A budget reservation whose request never ended (a bug, a lost task) is released then.
+    reservation_ttl_s: float = Field(default=6 * 3600.0, gt=0)
     # Async requests: results (and the stored request) are deleted this long after they end.
     async_retention_s: float = Field(default=86400.0, gt=0)
     # Stored Responses (previous_response_id, GET /v1/responses/{id}) and video job records

@@ -40,6 +40,7 @@ LIVE_FIELDS = frozenset(
         "prices",
         "budget_usd_monthly",
         "budget_tokens_monthly",
+        "context_tokens",
         "catalog",
         "storage_gb",
     }
@@ -75,6 +76,7 @@ StorageGb = Annotated[float, Field(gt=0, le=MAX_STORAGE_GB)]
 Price = Annotated[float, Field(ge=0, le=MAX_PRICE_USD)]
 BudgetUsd = Annotated[float, Field(ge=0, le=MAX_BUDGET_USD)]
 BudgetTokens = Annotated[int, Field(ge=0, le=MAX_SPEC_TOKENS)]
+ContextTokens = Annotated[int, Field(ge=1, le=MAX_SPEC_TOKENS)]
 GpuType = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+$")]
 _STRICT_NUMBERS = ConfigDict(extra="forbid", allow_inf_nan=False)
 
@@ -152,6 +154,10 @@ class DeploymentSpec(BaseModel):
     prices: DeploymentPrices = Field(default_factory=DeploymentPrices)
     budget_usd_monthly: BudgetUsd | None = None
     budget_tokens_monthly: BudgetTokens | None = None
+    # The model's context window in tokens: bounds what one request may generate (and so
+    # what it reserves against budgets). Unset: taken from the engine's options where they
+    # name it (max_model_len, --n_ctx, --context-length), else TORPOR_DEFAULT_CONTEXT_TOKENS.
+    context_tokens: ContextTokens | None = None
 
     @field_validator("name")
     @classmethod
@@ -208,6 +214,7 @@ class DeploymentPatch(BaseModel):
     prices: DeploymentPrices | None = None
     budget_usd_monthly: BudgetUsd | None = None
     budget_tokens_monthly: BudgetTokens | None = None
+    context_tokens: ContextTokens | None = None
 
     def apply(self, spec: DeploymentSpec) -> DeploymentSpec:
         """The merged spec, validated again as a whole (raises pydantic.ValidationError)."""

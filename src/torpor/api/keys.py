@@ -34,6 +34,8 @@ class KeyCreate(BaseModel):
     budget_usd_monthly: BudgetUsd | None = None
     budget_tokens_monthly: Tokens | None = None
     plan_tokens: Tokens | None = None
+    # Cap on the GPU cost attributed to the key's requests (chargeback).
+    budget_gpu_usd_monthly: BudgetUsd | None = None
 
 
 class KeyPatch(BaseModel):
@@ -46,6 +48,8 @@ class KeyPatch(BaseModel):
     budget_usd_monthly: BudgetUsd | None = None
     budget_tokens_monthly: Tokens | None = None
     plan_tokens: Tokens | None = None
+    # Cap on the GPU cost attributed to the key's requests (chargeback).
+    budget_gpu_usd_monthly: BudgetUsd | None = None
 
 
 def key_view(row: ApiKeyRow) -> dict[str, Any]:
@@ -60,12 +64,20 @@ def key_view(row: ApiKeyRow) -> dict[str, Any]:
         "budget_usd_monthly": row.budget_usd_monthly,
         "budget_tokens_monthly": row.budget_tokens_monthly,
         "plan_tokens": row.plan_tokens,
+        "budget_gpu_usd_monthly": row.budget_gpu_usd_monthly,
     }
 
 
 @router.post("", status_code=201)
 async def create(body: KeyCreate, svc: ServicesDep, _: AdminDep) -> dict[str, Any]:
-    limits = body.model_dump(include={"budget_usd_monthly", "budget_tokens_monthly", "plan_tokens"})
+    limits = body.model_dump(
+        include={
+            "budget_usd_monthly",
+            "budget_tokens_monthly",
+            "plan_tokens",
+            "budget_gpu_usd_monthly",
+        }
+    )
     row, secret = await svc.keys.create(
         body.name, admin=body.admin, deployments=body.deployments, limits=limits
     )
@@ -98,6 +110,7 @@ def listed_view(
         **key_view(row),
         "spend_month_usd": round(spent.usd, 10),
         "tokens_month": spent.tokens,
+        "gpu_spend_month_usd": round(svc.meter.key_gpu_usd(row.id), 9),
         "last_used_at": last.isoformat() if last else None,
         "bootstrap": row.key_hash in boot,
     }

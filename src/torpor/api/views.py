@@ -135,6 +135,8 @@ def _admin_view(controller: Controller, dep: Deployment) -> dict[str, Any]:
 
 
 def _status_reason(controller: Controller, dep: Deployment) -> str | None:
+    if dep.budget_refusal:
+        return dep.budget_refusal
     if dep.waiting_for_gpus:
         return "No GPUs available for scale-up"
     if dep.last_error and dep.failures:

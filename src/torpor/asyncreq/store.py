@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
 from torpor.asyncreq.policy import CANCELLABLE, TERMINAL, Outcome, Status, WebhookState
 from torpor.asyncreq.tables import AsyncRequestRow, WebhookSecretRow
-from torpor.auth import ApiKey
+from torpor.auth import ApiKey, key_of_row
 from torpor.store.tables import ApiKeyRow
 
 CANCELLED_ERROR: dict[str, Any] = {
@@ -279,8 +279,7 @@ class AsyncStore:
             row = await s.get(ApiKeyRow, key_id)
         if row is None or row.revoked_at is not None:
             return None
-        deployments = frozenset(row.deployments) if row.deployments is not None else None
-        return ApiKey(id=row.id, name=row.name, admin=row.admin, deployments=deployments)
+        return key_of_row(row)  # with its budgets: a request reserves when it runs
 
 
 def _due(now: datetime) -> Any:

@@ -489,7 +489,12 @@ class Controller:
             )
         self.workers.publish_routes(dep)
         short = plan.short
-        for _ in range(plan.start):
+        refusal = self.meter.scale_refusal(dep.name) if self.meter is not None else None
+        if refusal != dep.budget_refusal and (refusal is None or plan.start):
+            if refusal is not None:
+                self._event(dep, "deployment", "budget_exceeded", refusal)
+            dep.budget_refusal = refusal
+        for _ in range(plan.start if refusal is None else 0):
             if not self.workers.start(dep, now):
                 short += 1
                 break

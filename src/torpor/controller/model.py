@@ -69,6 +69,8 @@ class Deployment:
     start_not_before: float = 0.0
     last_error: dict[str, Any] | None = None
     waiting_for_gpus: bool = False
+    # Starts refused because the deployment's budget is spent (the reason), else None.
+    budget_refusal: str | None = None
     desired: int = 0
     workers: dict[str, Worker] = field(default_factory=dict)
     # The setup pipeline's job: its task, what it has reported, and which run it belongs
@@ -98,3 +100,7 @@ class WorkerMeter(Protocol):
     def worker_ready(self, worker_id: str, at: datetime) -> None: ...
 
     def worker_stopped(self, worker_id: str, at: datetime, reason: str | None) -> None: ...
+
+    def scale_refusal(self, deployment: str) -> str | None:
+        """Why the deployment may not start workers now (its budget is spent), or None."""
+        ...

@@ -95,7 +95,9 @@ class UpstreamRequest:
 
 
 class UsageMeter(Protocol):
-    def admit(self, key: ApiKey, deployment: str, max_tokens: int | None) -> Reservation: ...
+    def admit(self, key: ApiKey, deployment: str, route: str, body: bytes) -> Reservation: ...
+
+    def serving(self, worker_id: str, key_id: str, cold: bool) -> Callable[[], None]: ...
 
     def check(self, key: ApiKey, deployment: str) -> None: ...
 
@@ -183,7 +185,9 @@ class Dispatcher:
     async def dispatch(self, req: UpstreamRequest, out: Sink) -> None:
         meter = self.meter
         gate = self.gate(req.deployment)
-        hold = meter.admit(req.key, req.deployment, req.max_tokens) if meter else None
+        hold = meter.admit(req.key, req.deployment, req.route, req.body) if meter else None
+        if hold is not None and hold.body is not None:
+            req.body = hold.body  # the completion limit lowered to what the budget has left
         trace = _Trace(cold=not gate.routes)
         try:
             await self._forward(gate, req, out, trace)
@@ -214,6 +218,8 @@ class Dispatcher:
             if lease is None:
                 return  # the error already went out as an SSE event
             trace.leased = time.monotonic()
+            meter = self.meter
+            served = meter.serving(lease.worker_id, req.key.id, trace.cold) if meter else None
             try:
                 await call.run(lease, out)
                 return
@@ -235,6 +241,8 @@ class Dispatcher:
                 raise
             finally:
                 lease.release()
+                if served is not None:
+                    served()  # chargeback: the worker's busy time of this request ends
         raise UpstreamError("No worker of this deployment could be reached, please retry")
 
     def timeout_error(self) -> InferenceTimeout:

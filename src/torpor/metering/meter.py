@@ -1,48 +1,61 @@
 """The meter: takes usage from the request path and the controller, keeps month-to-date
 totals in memory for budget checks, and writes everything to the store in batches.
 
-Nothing here blocks a request: `record` appends to a buffer and bumps counters; a
+Nothing here blocks a request: `admit` and `record` work on in-memory totals; a
 background task flushes the buffer every `flush_interval_s` (at most 1 s, so a crash
-loses at most that much) and once more on shutdown.
+loses at most that much) and once more on shutdown. Worker GPU time is accrued every
+`heartbeat_s` (split between the keys served and the deployment, torpor.metering.gpu) and
+written with the sessions' heartbeat in one transaction: after a crash a session ends at
+its last heartbeat, exactly where its accrued GPU time ends.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
-import os
+import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from pathlib import Path
-from typing import Any, cast
 
-from sqlalchemy import Table, func, insert, select
-from sqlalchemy.dialects import postgresql, sqlite
+import orjson
+from sqlalchemy import func, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from torpor.auth import ApiKey
 from torpor.errors import TorporError
+from torpor.metering import writes
 from torpor.metering.budget import Caps, Spent, over_budget
+from torpor.metering.gpu import BusyClock, split_interval
 from torpor.metering.metrics import Metrics
 from torpor.metering.pricing import Prices
+from torpor.metering.reserve import Grant, Left, ask_of, plan, with_limit
 from torpor.metering.tables import (
+    GpuHourlyRow,
     StorageHourlyRow,
     UsageEventRow,
     UsageHourlyRow,
     WorkerSessionRow,
 )
+from torpor.metering.writes import GpuDelta, hour_of
 from torpor.store import Store
 
 log = logging.getLogger(__name__)
 
+__all__ = ["BudgetExceeded", "Meter", "RequestUsage", "Reservation", "WorkerSession", "hour_of"]
 
 # Rows per insert statement when flushing (bounds how long one slice holds the loop).
 FLUSH_SLICE = 256
 # Raw events past retention are deleted this often (rollups are kept).
 PRUNE_EVERY = timedelta(hours=1)
+# Context limit of a deployment that declares none and whose engine options name none.
+DEFAULT_CONTEXT_TOKENS = 32768
+NANO = 1_000_000_000
 
 
 class BudgetExceeded(TorporError):
@@ -86,6 +99,11 @@ class WorkerSession:
     ready_at: datetime | None = None
     stopped_at: datetime | None = None
     reason: str | None = None
+    # GPU time is accrued (and the heartbeat written) up to here.
+    accrued_to: datetime | None = None
+    busy: BusyClock = field(default_factory=BusyClock)
+    # The key whose request waited for this worker's start (its cold-start share).
+    cold_key: str | None = None
 
     @property
     def startup_s(self) -> float | None:
@@ -97,14 +115,23 @@ class WorkerSession:
         return max(0.0, ((self.stopped_at or now) - self.started_at).total_seconds())
 
 
+_ids = itertools.count(1)
+
+
 @dataclass
 class Reservation:
-    """What an admitted request may still spend; released when its usage is recorded."""
+    """What an admitted request may still spend; released when its usage is recorded, or
+    when it expires (a request that never recorded cannot hold a budget for ever)."""
 
     key_id: str
     deployment: str
     tokens: int
     usd: float
+    # The request body with the completion limit torpor set, when it set one.
+    body: bytes | None = None
+    expires: float = 0.0
+    released: bool = False
+    id: int = field(default_factory=lambda: next(_ids))
 
 
 @dataclass
@@ -114,14 +141,12 @@ class _Month:
     ends: datetime
     by_key: dict[str, Spent] = field(default_factory=dict)
     by_deployment: dict[str, Spent] = field(default_factory=dict)
+    # GPU cost attributed to each key (chargeback), in USD.
+    gpu_by_key: dict[str, float] = field(default_factory=dict)
 
 
 def month_key(at: datetime) -> str:
     return at.strftime("%Y-%m")
-
-
-def hour_of(at: datetime) -> datetime:
-    return at.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
 
 
 def month_start(at: datetime) -> datetime:
@@ -131,6 +156,11 @@ def month_start(at: datetime) -> datetime:
 def _new_month(at: datetime) -> _Month:
     start = month_start(at)
     return _Month(month_key(start), ends=(start + timedelta(days=32)).replace(day=1))
+
+
+def nano_usd(seconds: float, rate_hourly: float) -> int:
+    """Cost of `seconds` device-seconds at an hourly rate, in integer nano-dollars."""
+    return int((Decimal(repr(seconds)) * Decimal(repr(rate_hourly)) * NANO / 3600).to_integral())
 
 
 class Meter:
@@ -145,26 +175,40 @@ class Meter:
         storage_interval_s: float,
         raw_retention_days: float,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        context_for: Callable[[str], int] = lambda _: DEFAULT_CONTEXT_TOKENS,
+        heartbeat_s: float = 10.0,
+        reservation_ttl_s: float = 3600.0,
     ):
         self.store = store
         self.prices_for = prices_for
         self.caps_for_deployment = caps_for_deployment
+        self.context_for = context_for
         self.storage_dirs = storage_dirs
         self.metrics = metrics
         self.flush_interval_s = min(flush_interval_s, 1.0)
         self.storage_interval_s = storage_interval_s
+        self.heartbeat_s = heartbeat_s
+        self.reservation_ttl_s = reservation_ttl_s
         self.raw_retention = timedelta(days=raw_retention_days)
         self.clock = clock
         self._events: list[RequestUsage] = []
+        self._gpu: list[GpuDelta] = []
+        # What a flush is writing now: still visible to reads until it is committed.
+        self._flushing: tuple[list[RequestUsage], list[GpuDelta]] = ([], [])
+        self.flushes = 0
         self._sessions: dict[str, WorkerSession] = {}
         self._dirty_sessions: set[str] = set()
+        # Sessions a crash left open, closed at their heartbeat; resumed if adopted.
+        self._closed_by_restart: dict[str, datetime] = {}
         self._month = _new_month(clock())
         # Reserved by requests in flight, by key id and by deployment.
         self._reserved_key: dict[str, Spent] = {}
         self._reserved_dep: dict[str, Spent] = {}
+        self._holds: dict[int, Reservation] = {}
         self.total_requests: dict[str, int] = defaultdict(int)
         self.last_startup_s: dict[str, float] = {}
         self._storage_sampled_at: datetime | None = None
+        self._accrued_at: datetime | None = None
         self._pruned_at: datetime | None = None
         self._task: asyncio.Task[None] | None = None
         self._flush_lock = asyncio.Lock()
@@ -172,8 +216,9 @@ class Meter:
     # -- start and stop -------------------------------------------------------------------
 
     async def load(self) -> None:
-        """Month-to-date spend and all-time request counts, from the rollups."""
+        """Month-to-date spend (tokens, GPU, storage) and all-time request counts."""
         now = self.clock()
+        start = month_start(now)
         async with AsyncSession(self.store.engine) as s:
             h = UsageHourlyRow
             rows = await s.execute(
@@ -183,11 +228,27 @@ class Meter:
                     func.sum(h.prompt_tokens + h.completion_tokens),
                     func.sum(h.cost),
                 )
-                .where(h.hour >= month_start(now))
+                .where(h.hour >= start)
                 .group_by(h.key_id, h.deployment)
             )
             for key_id, dep, tokens, cost in rows:
                 self._add_spend(key_id, dep, int(tokens or 0), float(cost or 0.0))
+            g = GpuHourlyRow
+            gpu = await s.execute(
+                select(g.key_id, g.deployment, func.sum(g.cost_nusd))
+                .where(g.hour >= start)
+                .group_by(g.key_id, g.deployment)
+            )
+            for key_id, dep, nusd in gpu:
+                self._add_gpu_spend(dep, key_id or None, int(nusd or 0) / NANO)
+            st = StorageHourlyRow
+            storage = await s.execute(
+                select(st.deployment, func.sum(st.cost))
+                .where(st.hour >= start)
+                .group_by(st.deployment)
+            )
+            for dep, cost in storage:
+                self._add_dep_usd(dep, float(cost or 0.0))
             totals = await s.execute(
                 select(h.deployment, func.sum(h.requests)).group_by(h.deployment)
             )
@@ -201,34 +262,43 @@ class Meter:
             for dep, startup in last:
                 if startup is not None:
                     self.last_startup_s[dep] = float(startup)
-            # Sessions left open by a crash end at the last moment torpor was known alive.
+            # Sessions left open by a crash end at their last heartbeat: GPU time was
+            # accrued up to it in the same transaction.
             open_rows = (
                 await s.scalars(
                     select(WorkerSessionRow).where(WorkerSessionRow.stopped_at.is_(None))
                 )
             ).all()
             for row in open_rows:
-                row.stopped_at = row.ready_at or row.started_at
+                row.stopped_at = row.heartbeat_at or row.ready_at or row.started_at
                 row.reason = "torpor restarted"
+                self._closed_by_restart[row.worker_id] = _utc(row.stopped_at)
             await s.commit()
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="torpor-meter")
 
     async def close(self) -> None:
-        """Stop the loop and flush what is left: nothing is lost on a clean shutdown."""
+        """Stop the loop, accrue and flush what is left: nothing is lost on a clean stop."""
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        self.accrue(self.clock())
         await self.flush()
 
     async def _run(self) -> None:
         while True:
             await asyncio.sleep(self.flush_interval_s)
             try:
-                await self.flush()
                 now = self.clock()
+                self._expire_holds(time.monotonic())
+                if (
+                    self._accrued_at is None
+                    or (now - self._accrued_at).total_seconds() >= self.heartbeat_s
+                ):
+                    self.accrue(now)
+                await self.flush()
                 if (
                     self._storage_sampled_at is None
                     or (now - self._storage_sampled_at).total_seconds() >= self.storage_interval_s
@@ -244,40 +314,88 @@ class Meter:
 
     # -- request path ---------------------------------------------------------------------
 
-    def admit(self, key: ApiKey, deployment: str, max_tokens: int | None) -> Reservation:
-        """Refuse when month-to-date spend plus what requests in flight have reserved has
-        reached a cap; otherwise reserve this request's `max_tokens` (and their price) until
-        it finishes. Concurrent requests thus cannot all slip under a cap at once: the
-        overshoot is bounded by the requests already admitted when the cap was reached."""
+    def admit(self, key: ApiKey, deployment: str, route: str, body: bytes) -> Reservation:
+        """Refuse when a budget is spent, or when this request cannot fit in what is left;
+        otherwise reserve its prompt (upper estimate) and completion limit until it ends,
+        lowering that limit to what the tightest budget has left (torpor.metering.reserve).
+        Requests under no budget reserve nothing and their body is not read."""
         self._roll_month()
-        prices = self.prices_for(deployment)
-        tokens = max(1, max_tokens or 0)
-        usd = prices.request_cost(0, tokens)
-        message = over_budget(
-            f"key {key.name!r}",
-            _plus(self._month.by_key.get(key.id), self._reserved_key.get(key.id)),
-            Caps(key.budget_usd_monthly, key.budget_tokens_monthly),
+        key_caps = Caps(key.budget_usd_monthly, key.budget_tokens_monthly)
+        dep_caps = self.caps_for_deployment(deployment)
+        gpu_cap = key.budget_gpu_usd_monthly
+        if not key_caps.any and not dep_caps.any and gpu_cap is None:
+            return Reservation(key.id, deployment, 0, 0.0, released=True)
+        key_spent = _plus(self._month.by_key.get(key.id), self._reserved_key.get(key.id))
+        dep_spent = _plus(
+            self._month.by_deployment.get(deployment), self._reserved_dep.get(deployment)
         )
-        if message is None:
-            caps = self.caps_for_deployment(deployment)
-            if caps.any:
-                spent = _plus(
-                    self._month.by_deployment.get(deployment), self._reserved_dep.get(deployment)
-                )
-                message = over_budget(f"deployment {deployment!r}", spent, caps)
-        if message is not None:
-            raise BudgetExceeded(message)
-        hold = Reservation(key.id, deployment, tokens, usd)
-        self._reserve(hold, 1)
+        self._refuse_if_spent(key, deployment, key_spent, key_caps, dep_spent, dep_caps)
+        lefts = [
+            _left(f"key {key.name!r}", key_spent, key_caps),
+            _left(f"deployment {deployment!r}", dep_spent, dep_caps),
+        ]
+        try:
+            payload = orjson.loads(body) if body else {}
+        except orjson.JSONDecodeError:
+            payload = {}
+        ask = ask_of(route, payload if isinstance(payload, dict) else {})
+        grant = plan(ask, self.prices_for(deployment), self.context_for(deployment), lefts)
+        if isinstance(grant, str):
+            raise BudgetExceeded(grant)
+        hold = self._hold(key.id, deployment, grant)
+        if grant.set_limit is not None:
+            hold.body = with_limit(body, ask, grant.set_limit)
         return hold
 
     def check(self, key: ApiKey, deployment: str) -> None:
-        """Refuse now if a request would be refused; reserves nothing (async submit)."""
-        self._reserve(self.admit(key, deployment, None), -1)
+        """Refuse now if a budget is spent; reserves nothing (async submit: the request
+        reserves when it runs)."""
+        self._roll_month()
+        self._refuse_if_spent(
+            key,
+            deployment,
+            _plus(self._month.by_key.get(key.id), self._reserved_key.get(key.id)),
+            Caps(key.budget_usd_monthly, key.budget_tokens_monthly),
+            _plus(self._month.by_deployment.get(deployment), self._reserved_dep.get(deployment)),
+            self.caps_for_deployment(deployment),
+        )
+
+    def _refuse_if_spent(
+        self,
+        key: ApiKey,
+        deployment: str,
+        key_spent: Spent,
+        key_caps: Caps,
+        dep_spent: Spent,
+        dep_caps: Caps,
+    ) -> None:
+        message = over_budget(f"key {key.name!r}", key_spent, key_caps)
+        gpu_cap = key.budget_gpu_usd_monthly
+        if message is None and gpu_cap is not None:
+            gpu = self._month.gpu_by_key.get(key.id, 0.0)
+            if gpu >= gpu_cap:
+                message = (
+                    f"GPU budget exceeded for key {key.name!r}: ${gpu:.6f} of GPU time "
+                    f"attributed, cap ${gpu_cap:.6f}"
+                )
+        if message is None and dep_caps.any:
+            message = over_budget(f"deployment {deployment!r}", dep_spent, dep_caps)
+        if message is not None:
+            raise BudgetExceeded(message)
+
+    def scale_refusal(self, deployment: str) -> str | None:
+        """Why the deployment may not start workers now (its budget is spent), or None."""
+        self._roll_month()
+        caps = self.caps_for_deployment(deployment)
+        if not caps.any:
+            return None
+        spent = self._month.by_deployment.get(deployment, Spent())
+        message = over_budget(f"deployment {deployment!r}", spent, caps)
+        return f"{message} (GPU time, storage and tokens); scale-up refused" if message else None
 
     def record(self, usage: RequestUsage, hold: Reservation | None = None) -> None:
         if hold is not None:
-            self._reserve(hold, -1)
+            self._release(hold)
         usage.cost = self.prices_for(usage.deployment).request_cost(
             usage.prompt_tokens, usage.completion_tokens
         )
@@ -287,6 +405,55 @@ class Meter:
         self._events.append(usage)
         self.metrics.observe_request(usage)
 
+    def serving(self, worker_id: str, key_id: str, cold: bool) -> Callable[[], None]:
+        """A request of `key_id` runs on the worker from now; call the result when it ends.
+        Its busy time is charged to the key (chargeback)."""
+        ws = self._sessions.get(worker_id)
+        if ws is None or ws.stopped_at is not None:
+            return _nothing
+        now = self.clock()
+        ws.busy.begin(key_id, now)
+        if cold and ws.cold_key is None and ws.ready_at is not None:
+            ws.cold_key = key_id
+            self._gpu.append(
+                GpuDelta(
+                    hour_of(now),
+                    ws.deployment,
+                    key_id,
+                    cold_start_gpu_seconds=(ws.startup_s or 0.0) * ws.gpu_count,
+                )
+            )
+
+        def done() -> None:
+            if ws.stopped_at is None:
+                ws.busy.end(key_id, self.clock())
+
+        return done
+
+    def _hold(self, key_id: str, deployment: str, grant: Grant) -> Reservation:
+        hold = Reservation(
+            key_id,
+            deployment,
+            grant.tokens,
+            float(grant.usd),
+            expires=time.monotonic() + self.reservation_ttl_s,
+        )
+        self._holds[hold.id] = hold
+        self._reserve(hold, 1)
+        return hold
+
+    def _release(self, hold: Reservation) -> None:
+        if hold.released:
+            return
+        hold.released = True
+        self._holds.pop(hold.id, None)
+        self._reserve(hold, -1)
+
+    def _expire_holds(self, now: float) -> None:
+        for hold in [h for h in self._holds.values() if h.expires <= now]:
+            log.warning("released a reservation of key %s that outlived its request", hold.key_id)
+            self._release(hold)
+
     def _reserve(self, hold: Reservation, sign: int) -> None:
         for table, name in (
             (self._reserved_key, hold.key_id),
@@ -294,14 +461,26 @@ class Meter:
         ):
             old = table.get(name, Spent())
             new = Spent(old.usd + sign * hold.usd, old.tokens + sign * hold.tokens)
-            if new.tokens <= 0:
+            if new.tokens <= 0 and new.usd <= 1e-12:
                 table.pop(name, None)
             else:
                 table[name] = new
 
+    def reserved(self) -> tuple[dict[str, Spent], dict[str, Spent]]:
+        """What requests in flight hold, by key and by deployment."""
+        return dict(self._reserved_key), dict(self._reserved_dep)
+
     def key_usage(self, key_id: str) -> Spent:
         self._roll_month()
         return self._month.by_key.get(key_id, Spent())
+
+    def key_gpu_usd(self, key_id: str) -> float:
+        self._roll_month()
+        return self._month.gpu_by_key.get(key_id, 0.0)
+
+    def deployment_usage(self, deployment: str) -> Spent:
+        self._roll_month()
+        return self._month.by_deployment.get(deployment, Spent())
 
     # -- worker time ----------------------------------------------------------------------
 
@@ -309,9 +488,10 @@ class Meter:
         self, worker_id: str, deployment: str, gpu_kind: str, gpu_count: int, at: datetime
     ) -> None:
         rate = self.prices_for(deployment).gpu_hourly
-        self._sessions[worker_id] = WorkerSession(
-            worker_id, deployment, gpu_kind, gpu_count, rate, at
-        )
+        ws = WorkerSession(worker_id, deployment, gpu_kind, gpu_count, rate, at)
+        # A worker adopted after a crash: billed from its last heartbeat on (it ran meanwhile).
+        ws.accrued_to = self._closed_by_restart.pop(worker_id, None)
+        self._sessions[worker_id] = ws
         self._dirty_sessions.add(worker_id)
 
     def worker_ready(self, worker_id: str, at: datetime) -> None:
@@ -329,36 +509,92 @@ class Meter:
         if session is None or session.stopped_at is not None:
             return
         session.stopped_at, session.reason = at, reason
-        prices = self.prices_for(session.deployment)
-        cost = prices.worker_cost(session.seconds(at), session.gpu_count)
-        self.metrics.observe_worker_cost(session.deployment, cost)
+        self._accrue_session(session, at)
         self._dirty_sessions.add(worker_id)
 
+    def accrue(self, now: datetime) -> None:
+        """Bill every open session up to `now`: GPU time per key and for the deployment,
+        added to month-to-date spend at once (deployment budgets include it)."""
+        self._accrued_at = now
+        for ws in list(self._sessions.values()):
+            if ws.stopped_at is None:
+                self._accrue_session(ws, now)
+                self._dirty_sessions.add(ws.worker_id)
+
+    def _accrue_session(self, ws: WorkerSession, end: datetime) -> None:
+        begin = ws.accrued_to or ws.started_at
+        if end <= begin:
+            return
+        part = split_interval(begin, end, ws.started_at, ws.ready_at, ws.busy.take(end))
+        ws.accrued_to = end
+        gpus, rate, hour = ws.gpu_count, ws.hourly_rate, hour_of(end)
+        total_nusd = 0
+        for key_id, seconds in part.busy_s.items():
+            nusd = nano_usd(seconds * gpus, rate)
+            total_nusd += nusd
+            self._gpu.append(
+                GpuDelta(hour, ws.deployment, key_id, gpu_seconds=seconds * gpus, cost_nusd=nusd)
+            )
+            self._add_gpu_spend(ws.deployment, key_id, nusd / NANO)
+        own = (part.idle_s + part.startup_s) * gpus
+        own_nusd = nano_usd(own, rate)
+        total_nusd += own_nusd
+        self._gpu.append(
+            GpuDelta(
+                hour,
+                ws.deployment,
+                "",
+                gpu_seconds=own,
+                idle_gpu_seconds=part.idle_s * gpus,
+                startup_gpu_seconds=part.startup_s * gpus,
+                cost_nusd=own_nusd,
+            )
+        )
+        self._add_gpu_spend(ws.deployment, None, own_nusd / NANO)
+        self.metrics.observe_worker_cost(ws.deployment, total_nusd / NANO)
+
     # -- flushing -------------------------------------------------------------------------
+
+    def unflushed(self) -> tuple[int, list[RequestUsage], list[GpuDelta]]:
+        """Usage not yet committed to the store (for reads, which never write), with the
+        count of flushes so far: a read that saw it change while it ran reads again."""
+        events, gpu = self._flushing
+        return self.flushes, [*events, *self._events], [*gpu, *self._gpu]
+
+    def open_session_rows(self) -> list[WorkerSession]:
+        return list(self._sessions.values())
 
     async def flush(self) -> None:
         async with self._flush_lock:
             events, self._events = self._events, []
+            gpu, self._gpu = self._gpu, []
             dirty, self._dirty_sessions = self._dirty_sessions, set()
             sessions = [self._sessions[w] for w in dirty if w in self._sessions]
-            if not events and not sessions:
+            if not events and not sessions and not gpu:
                 return
+            self._flushing = (events, gpu)
             try:
                 async with AsyncSession(self.store.engine) as s, s.begin():
                     # Executemany of plain rows, in slices: preparing the parameters runs on
                     # the event loop, and one slice must not stall requests for long.
                     for at in range(0, len(events), FLUSH_SLICE):
-                        rows = [_event_values(e) for e in events[at : at + FLUSH_SLICE]]
-                        await s.execute(insert(_EVENTS_TABLE), rows)
+                        rows = [writes.event_values(e) for e in events[at : at + FLUSH_SLICE]]
+                        await s.execute(insert(writes.EVENTS_TABLE), rows)
                     if events:
-                        await _add_rollups(s, events)
+                        await writes.add_rollups(s, events)
+                    if gpu:
+                        await writes.add_gpu(s, gpu)
                     for ws in sessions:
-                        await s.merge(_session_row(ws))
+                        await s.merge(writes.session_row(ws))
             except Exception:
                 # Keep them for the next flush rather than lose them.
                 self._events[:0] = events
+                self._gpu[:0] = gpu
                 self._dirty_sessions |= dirty
                 raise
+            finally:
+                self._flushing = ([], [])
+                self.flushes += 1
             for ws in sessions:
                 if ws.stopped_at is not None:
                     self._sessions.pop(ws.worker_id, None)
@@ -368,7 +604,7 @@ class Meter:
         since = self._storage_sampled_at
         self._storage_sampled_at = now
         dirs = self.storage_dirs()
-        sizes = await asyncio.to_thread(lambda: {d: _dir_bytes(p) for d, p in dirs.items()})
+        sizes = await asyncio.to_thread(lambda: {d: writes.dir_bytes(p) for d, p in dirs.items()})
         if since is None:
             since = now
         seconds = (now - since).total_seconds()
@@ -378,13 +614,15 @@ class Meter:
                 gb_s = gb * seconds
                 cost = self.prices_for(dep).storage_cost(gb_s)
                 self.metrics.observe_storage(dep, gb, cost)
-                await _upsert_add(
+                await writes.upsert_add(
                     s,
                     StorageHourlyRow,
                     {"hour": hour_of(now), "deployment": dep},
                     {"gb_seconds": gb_s, "cost": cost},
                     {"last_gb": gb},
                 )
+        for dep, size in sizes.items():
+            self._add_dep_usd(dep, self.prices_for(dep).storage_cost(size / 1e9 * seconds))
 
     async def prune(self) -> int:
         """Delete raw events past retention (rollups stay)."""
@@ -410,105 +648,38 @@ class Meter:
             old = table.get(name, Spent())
             table[name] = Spent(old.usd + cost, old.tokens + tokens)
 
+    def _add_dep_usd(self, deployment: str, usd: float) -> None:
+        old = self._month.by_deployment.get(deployment, Spent())
+        self._month.by_deployment[deployment] = Spent(old.usd + usd, old.tokens)
+
+    def _add_gpu_spend(self, deployment: str, key_id: str | None, usd: float) -> None:
+        self._add_dep_usd(deployment, usd)
+        if key_id:
+            self._month.gpu_by_key[key_id] = self._month.gpu_by_key.get(key_id, 0.0) + usd
+
+
+def _nothing() -> None:
+    return None
+
 
 def _plus(a: Spent | None, b: Spent | None) -> Spent:
     a, b = a or Spent(), b or Spent()
     return Spent(a.usd + b.usd, a.tokens + b.tokens)
 
 
-# The Core table: an executemany without the ORM's per-row bookkeeping.
-_EVENTS_TABLE = cast(Table, UsageEventRow.__table__)
-
-
-def _event_values(e: RequestUsage) -> dict[str, Any]:
-    return {
-        "at": e.at,
-        "deployment": e.deployment,
-        "key_id": e.key_id,
-        "session_id": e.session_id,
-        "route": e.route,
-        "status": e.status,
-        "prompt_tokens": e.prompt_tokens,
-        "completion_tokens": e.completion_tokens,
-        "estimated": e.estimated,
-        "ttft_ms": e.ttft_ms,
-        "latency_ms": e.latency_ms,
-        "queue_ms": e.queue_ms,
-        "cold_start": e.cold_start,
-        "stream": e.stream,
-        "cost": e.cost,
-    }
-
-
-def _session_row(ws: WorkerSession) -> WorkerSessionRow:
-    return WorkerSessionRow(
-        worker_id=ws.worker_id,
-        deployment=ws.deployment,
-        gpu_kind=ws.gpu_kind,
-        gpu_count=ws.gpu_count,
-        hourly_rate=ws.hourly_rate,
-        started_at=ws.started_at,
-        ready_at=ws.ready_at,
-        stopped_at=ws.stopped_at,
-        startup_s=ws.startup_s,
-        reason=ws.reason,
+def _left(who: str, spent: Spent, caps: Caps) -> Left:
+    usd = None
+    if caps.usd is not None:
+        usd = Decimal(repr(caps.usd)) - Decimal(repr(spent.usd))
+    tokens = caps.tokens - spent.tokens if caps.tokens is not None else None
+    return Left(
+        who,
+        tokens=tokens,
+        usd=usd,
+        cap_tokens=caps.tokens,
+        cap_usd=Decimal(repr(caps.usd)) if caps.usd is not None else None,
     )
 
 
-async def _add_rollups(s: AsyncSession, events: list[RequestUsage]) -> None:
-    groups: dict[tuple[datetime, str, str], dict[str, Any]] = {}
-    for e in events:
-        g = groups.setdefault(
-            (hour_of(e.at), e.deployment, e.key_id),
-            {
-                "requests": 0,
-                "errors": 0,
-                "prompt_tokens": 0,
-                "completion_tokens": 0,
-                "latency_ms_sum": 0.0,
-                "ttft_ms_sum": 0.0,
-                "ttft_count": 0,
-                "cold_starts": 0,
-                "cost": 0.0,
-            },
-        )
-        g["requests"] += 1
-        g["errors"] += 1 if e.status >= 400 else 0
-        g["prompt_tokens"] += e.prompt_tokens
-        g["completion_tokens"] += e.completion_tokens
-        g["latency_ms_sum"] += e.latency_ms
-        if e.ttft_ms is not None:
-            g["ttft_ms_sum"] += e.ttft_ms
-            g["ttft_count"] += 1
-        g["cold_starts"] += 1 if e.cold_start else 0
-        g["cost"] += e.cost
-    for (hour, dep, key_id), values in groups.items():
-        await _upsert_add(
-            s, UsageHourlyRow, {"hour": hour, "deployment": dep, "key_id": key_id}, values
-        )
-
-
-async def _upsert_add(
-    s: AsyncSession,
-    model: Any,
-    keys: dict[str, Any],
-    add: dict[str, Any],
-    replace: dict[str, Any] | None = None,
-) -> None:
-    """INSERT the row, or add `add` to the existing counters (one statement, no race)."""
-    table = model.__table__
-    dialect = s.get_bind().dialect.name
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    stmt = insert(table).values(**keys, **add, **(replace or {}))
-    update = {name: table.c[name] + stmt.excluded[name] for name in add}
-    update.update({name: stmt.excluded[name] for name in replace or {}})
-    await s.execute(stmt.on_conflict_do_update(index_elements=list(keys), set_=update))
-
-
-def _dir_bytes(path: Path) -> int:
-    total = 0
-    for root, _dirs, files in os.walk(path):
-        for name in files:
-            with contextlib.suppress(OSError):
-                total += os.lstat(os.path.join(root, name)).st_size
-    return total
+def _utc(at: datetime) -> datetime:
+    return at if at.tzinfo is not None else at.replace(tzinfo=UTC)

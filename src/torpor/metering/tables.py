@@ -1,10 +1,11 @@
-"""Metering tables: raw request events, hourly rollups, worker sessions, storage time."""
+"""Metering tables: raw request events, hourly rollups, worker sessions, GPU time per key,
+storage time."""
 
 from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import Boolean, DateTime, Float, Index, Integer, String, Text
+from sqlalchemy import BigInteger, Boolean, DateTime, Float, Index, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from torpor.store.tables import Base
@@ -69,6 +70,8 @@ class WorkerSessionRow(Base):
     stopped_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     startup_s: Mapped[float | None] = mapped_column(Float, nullable=True)
     reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # Written with each accrual of its GPU time: after a crash the session ends here.
+    heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
 
 class StorageHourlyRow(Base):
@@ -81,3 +84,21 @@ class StorageHourlyRow(Base):
     gb_seconds: Mapped[float] = mapped_column(Float)
     last_gb: Mapped[float] = mapped_column(Float)
     cost: Mapped[float] = mapped_column(Float)
+
+
+class GpuHourlyRow(Base):
+    """Worker GPU time accrued per hour, deployment and key: a key's row holds the busy time
+    attributed to it (and the start-up it caused, as a report); the deployment's own row
+    (key_id "") holds idle and start-up time. All rows of a deployment sum to its workers'
+    billed time. Cost in integer nano-dollars."""
+
+    __tablename__ = "gpu_hourly"
+
+    hour: Mapped[datetime] = mapped_column(DateTime(timezone=True), primary_key=True)
+    deployment: Mapped[str] = mapped_column(String(63), primary_key=True)
+    key_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    gpu_seconds: Mapped[float] = mapped_column(Float)
+    idle_gpu_seconds: Mapped[float] = mapped_column(Float)
+    startup_gpu_seconds: Mapped[float] = mapped_column(Float)
+    cold_start_gpu_seconds: Mapped[float] = mapped_column(Float)
+    cost_nusd: Mapped[int] = mapped_column(BigInteger)

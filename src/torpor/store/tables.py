@@ -72,4 +72,6 @@ class ApiKeyRow(Base):
     # Monthly caps (None: no cap) and the plan limit that drives the catalog's usage bar.
     budget_usd_monthly: Mapped[float | None] = mapped_column(Float, nullable=True)
     budget_tokens_monthly: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # Cap on the GPU cost attributed to this key's requests (chargeback), per month.
+    budget_gpu_usd_monthly: Mapped[float | None] = mapped_column(Float, nullable=True)
     plan_tokens: Mapped[int | None] = mapped_column(Integer, nullable=True)
