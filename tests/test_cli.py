@@ -11,7 +11,9 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
 
 from tests.conftest import TorporServer, fake_spec
@@ -54,7 +56,18 @@ def server_env(server: TorporServer) -> dict[str, str]:
 
 def test_help_lists_commands() -> None:
     out = torpor("--help", env=cli_env()).stdout
-    for command in ("serve", "deploy", "update", "ls", "get", "logs", "events", "rm", "keys"):
+    for command in (
+        "serve",
+        "deploy",
+        "update",
+        "ls",
+        "get",
+        "logs",
+        "events",
+        "rm",
+        "keys",
+        "chat",
+    ):
         assert re.search(rf"\b{command}\b", out), f"{command} missing from --help:\n{out}"
     keys_help = torpor("keys", "--help", env=cli_env()).stdout
     for command in ("create", "ls", "revoke"):
@@ -385,3 +398,76 @@ def test_rm_without_a_terminal_and_logs_follow_ends_with_the_deployment(
     assert follower.returncode == 0, err
     assert "deployment followed was deleted" in err
     assert time.monotonic() - started < 20
+
+
+def _worker_stats(server: TorporServer, name: str) -> dict[str, Any]:
+    port = server.get(name)["workers"][0]["port"]
+    return dict(httpx.get(f"http://127.0.0.1:{port}/stats", timeout=5).json())
+
+
+def test_chat_streams_an_answer_in_order(server: TorporServer) -> None:
+    """`torpor chat` prints the tokens as they arrive, in order, and sends the system message
+    and max_tokens it was given."""
+    server.deploy(fake_spec("talk", engine_args="--tokens 8 --token-delay-ms 250", min_workers=1))
+    server.wait_for("talk", lambda d: d["status"] == "ready", timeout=30)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "torpor", "chat", "talk", "Count, please.",
+         "--system", "Be brief.", "--max-tokens", "5"],
+        env=server_env(server), stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=0,
+    )  # fmt: skip
+    arrivals: list[tuple[float, bytes]] = []
+    try:
+        assert proc.stdout is not None
+        while piece := os.read(proc.stdout.fileno(), 4096):
+            arrivals.append((time.monotonic(), piece))
+        assert proc.wait(timeout=30) == 0, proc.stderr.read() if proc.stderr else ""
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    text = b"".join(piece for _, piece in arrivals).decode()
+    assert text == "tok0 tok1 tok2 tok3 tok4 \n"
+    # Streamed: the tokens came in several reads spread over the engine's delays (4 x 250 ms),
+    # not all at once at the end.
+    assert len(arrivals) >= 3, arrivals
+    assert arrivals[-1][0] - arrivals[0][0] >= 0.6, arrivals
+    seen = ""
+    for _, piece in arrivals:  # each read continues the text so far
+        seen += piece.decode()
+        assert text.startswith(seen)
+    sent = _worker_stats(server, "talk")["last_request"]
+    assert sent["messages"] == [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Count, please."},
+    ]
+    assert sent["max_tokens"] == 5 and sent["stream"] is True and sent["model"] == "talk"
+
+    # --no-stream, with the prompt read from standard input.
+    out = torpor("chat", "talk", "-", "--no-stream", env=server_env(server), input="From stdin.")
+    assert out.stdout == "tok0 tok1 tok2 tok3 tok4 tok5 tok6 tok7 \n"
+    sent = _worker_stats(server, "talk")["last_request"]
+    assert sent["messages"] == [{"role": "user", "content": "From stdin."}]
+    assert sent["stream"] is False and "max_tokens" not in sent
+
+    empty = torpor("chat", "talk", "-", env=server_env(server), input="  \n", check=1)
+    assert "prompt is empty" in empty.stderr
+
+
+def test_chat_errors_name_the_cause(server: TorporServer) -> None:
+    env = server_env(server)
+    missing = torpor("chat", "no-such-deployment", "Hi", env=env, check=1)
+    assert "no-such-deployment" in missing.stderr and "Traceback" not in missing.stderr
+    assert missing.stdout == ""
+
+    # Held during a cold start (the stream has begun with keep-alives), then the engine
+    # fails: the error event ends the answer with a message and exit status 1.
+    server.deploy(
+        fake_spec("talk-fails", engine_args="--startup-delay-ms 1000 --fail-mode http500")
+    )
+    failed = torpor("chat", "talk-fails", "Hi", env=env, check=1)
+    assert failed.stderr.startswith("error: ") and "Traceback" not in failed.stderr
+    assert len(failed.stderr.strip()) > len("error: ")
+
+    stale = torpor("chat", "talk-fails", "Hi", env={**env, "TORPOR_API_KEY": "tp-nope"}, check=1)
+    message = " ".join(stale.stderr.split())
+    assert "Invalid API key" in message and "key from TORPOR_API_KEY" in message
