@@ -1,7 +1,7 @@
 import { api, type Deployment, type Worker } from "../api";
 import { Badge, UsageBar, usePoll } from "../components";
 import { catalogInfo, deriveLifecycle, fmtBytes, fmtTime, LIFECYCLE_LABEL, maskValue, setupLabel, STATUS_LABEL, workerEndpoint, workersFailingFirst, workerUptime } from "../util";
-import { logsHref } from "./deployments";
+import { logsHref, workersText } from "./deployments";
 
 /** The overview tab: status (with the last log lines of a failing worker), resources, the
  * workers, the volume, and for admins the engine command, environment and events. */
@@ -37,9 +37,7 @@ export function Overview({ dep, admin }: { dep: Deployment; admin: boolean }) {
               </>
             )}
             <span>Workers</span>
-            <span>
-              {dep.ready_workers} ready of {dep.desired_workers} desired
-            </span>
+            <span>{workersText(dep)}</span>
             <span>Queue</span>
             <span>
               {dep.queue.inflight} in flight, {dep.queue.waiting} waiting
@@ -180,9 +178,7 @@ function WorkersCard({ dep, admin }: { dep: Deployment; admin: boolean }) {
     <div class="panel">
       <div class="panel-head">
         <h3>Workers</h3>
-        <span class="muted small">
-          {dep.ready_workers} ready of {dep.desired_workers} desired
-        </span>
+        <span class="muted small">{workersText(dep)}</span>
       </div>
       {workers.length === 0 ? (
         <div class="muted" data-testid="no-workers">
