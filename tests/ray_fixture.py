@@ -1,7 +1,7 @@
 """A real multi-node Ray cluster on this machine, started once per test session.
 
 A head (one CPU, no GPU) and two nodes, each with two GPUs declared as `A100`
-(`accelerator_type:A100`), all on 127.0.0.1 with their own temp dir. Stopped by killing
+(`accelerator_type:A100`), all on the loopback address 127.0.0.2 with their own temp dir. Stopped by killing
 exactly the processes it started (those whose command line names its port or its temp
 dir) and their descendants; never `ray stop`.
 
@@ -37,6 +37,12 @@ RAY_ENV = {
 }
 
 
+# Ray replaces "127.0.0.1" and "localhost" (as a node address and in a cluster address) by
+# the machine's outward address, so a cluster "on 127.0.0.1" talks over the non-loopback
+# interface. Another loopback address is taken as given: everything stays on loopback.
+RAY_NODE_IP = "127.0.0.2"
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -52,13 +58,13 @@ class RayCluster:
 
     @property
     def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        return f"{RAY_NODE_IP}:{self.port}"
 
     def start(self) -> RayCluster:
         self.env = {**os.environ, **RAY_ENV}
         common = [
             "--node-ip-address",
-            "127.0.0.1",
+            RAY_NODE_IP,
             "--disable-usage-stats",
             "--include-dashboard=false",
         ]
@@ -95,7 +101,7 @@ class RayCluster:
                 "--resources",
                 json.dumps({f"accelerator_type:{kind}": 2}),
                 "--node-ip-address",
-                "127.0.0.1",
+                RAY_NODE_IP,
                 "--disable-usage-stats",
             ]
         )
@@ -122,7 +128,7 @@ class RayCluster:
             time.sleep(0.1)
 
     def processes(self) -> list[psutil.Process]:
-        marks = (str(self.temp_dir), f"127.0.0.1:{self.port}", f"gcs_server_port={self.port}")
+        marks = (str(self.temp_dir), self.address, f"gcs_server_port={self.port}")
         found = []
         for p in psutil.process_iter(["pid", "name", "cmdline"]):
             cmd = " ".join(p.info["cmdline"] or ())

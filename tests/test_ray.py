@@ -54,7 +54,7 @@ def ask(srv: TorporServer, model: str) -> str:
 def test_ray_unreachable_at_start_is_a_clear_error(tmp_path: Path) -> None:
     srv = TorporServer(
         tmp_path / "data",
-        {"TORPOR_RUNTIME": "ray", "TORPOR_RAY_ADDRESS": f"127.0.0.1:{free_port()}"},
+        {"TORPOR_RUNTIME": "ray", "TORPOR_RAY_ADDRESS": f"127.0.0.2:{free_port()}"},
     )
     srv.data_dir.mkdir(parents=True)
     out = subprocess.run(

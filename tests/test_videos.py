@@ -21,6 +21,7 @@ from tests.test_trust import make_key
 from torpor.engines import engine_for
 from torpor.engines.base import route_allowed
 from torpor.gateway.videos import model_of, video_target
+from torpor.modelstore import derive_catalog
 from torpor.spec import DeploymentSpec
 
 # The SDK warns that OpenAI's own video service (Sora) goes away; the API shape stays.
@@ -227,3 +228,10 @@ def test_a_job_on_a_stopped_worker_is_a_clear_404(server: TorporServer) -> None:
     with pytest.raises(openai.NotFoundError) as err:
         client.videos.retrieve(job.id)
     assert "which has stopped" in str(err.value)
+
+
+def test_vllm_omni_deployments_are_listed_as_video_models() -> None:
+    spec = DeploymentSpec.model_validate(
+        {"name": "gen", "framework": "vllm-omni", "model": "org/some-diffusion-model"}
+    )
+    assert derive_catalog(spec)["type"] == "video-generation"

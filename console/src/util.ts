@@ -216,7 +216,8 @@ export function curlSnippet(model: string, type: ModelType): string {
     return `curl ${url}/embeddings \\\n  -H "Authorization: Bearer $TORPOR_API_KEY" \\\n  -H "Content-Type: application/json" \\\n  -d '{"model": "${model}", "input": "Hello!"}'`;
   }
   if (type === "video-generation") {
-    return `curl ${url}/videos/generations \\\n  -H "Authorization: Bearer $TORPOR_API_KEY" \\\n  -H "Content-Type: application/json" \\\n  -d '{"model": "${model}", "prompt": "A cat surfing a wave"}'`;
+    // A job (vLLM-Omni's Videos API): create it, poll it, then download the clip.
+    return `curl ${url}/videos \\\n  -H "Authorization: Bearer $TORPOR_API_KEY" \\\n  -F model=${model} -F prompt="A cat surfing a wave" -F seconds=4\n# then GET ${url}/videos/<id> until "completed", and GET ${url}/videos/<id>/content -o clip.mp4`;
   }
   return `curl ${url}/chat/completions \\\n  -H "Authorization: Bearer $TORPOR_API_KEY" \\\n  -H "Content-Type: application/json" \\\n  -d '{"model": "${model}", "messages": [{"role": "user", "content": "Hello!"}]}'`;
 }
@@ -227,7 +228,7 @@ export function pythonSnippet(model: string, type: ModelType): string {
     return `${head}vec = client.embeddings.create(model="${model}", input="Hello!")\nprint(len(vec.data[0].embedding))`;
   }
   if (type === "video-generation") {
-    return `import httpx\n\nr = httpx.post(\n    "${baseUrl()}/videos/generations",\n    headers={"Authorization": f"Bearer {TORPOR_API_KEY}"},\n    json={"model": "${model}", "prompt": "A cat surfing a wave"},\n    timeout=600,\n)\nprint(r.json()["data"][0]["url"])`;
+    return `${head}video = client.videos.create_and_poll(model="${model}", prompt="A cat surfing a wave", seconds="4")\nif video.status == "completed":\n    client.videos.download_content(video.id).write_to_file("clip.mp4")\nelse:\n    print(video.error)`;
   }
   return `${head}reply = client.chat.completions.create(\n    model="${model}", messages=[{"role": "user", "content": "Hello!"}]\n)\nprint(reply.choices[0].message.content)`;
 }

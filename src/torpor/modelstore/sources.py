@@ -111,7 +111,7 @@ def derive_catalog(spec: DeploymentSpec) -> dict[str, str | None]:
         low = model.lower()
         if spec.framework == "embed" or any(w in low for w in _EMBED_WORDS):
             kind = "embedding"
-        elif any(w in low for w in _VIDEO_WORDS):
+        elif spec.framework == "vllm-omni" or any(w in low for w in _VIDEO_WORDS):
             kind = "video-generation"
         elif any(w in low for w in _CODE_WORDS):
             kind = "code"
