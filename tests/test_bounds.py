@@ -318,3 +318,43 @@ def test_key_token_limits_fit_postgres_integer_columns(
         over = {"budget_tokens_monthly": INT32_MAX + 1}
         refused(api.patch(f"/api/keys/{key_id}", json=over), "budget_tokens_monthly")
         refused(api.post("/api/keys", json={"name": "pg2", **over}), "budget_tokens_monthly")
+
+
+# -- specs stored before the bounds ----------------------------------------------------------
+
+
+def test_load_stored_spec_resets_fields_that_break_todays_rules() -> None:
+    from torpor.spec import load_stored_spec
+
+    stored = {"name": "old", **fake_spec("old"), "wait_time_s": float("inf"), "max_workers": 10**6}
+    spec, notes = load_stored_spec(stored)
+    assert spec.wait_time_s == DeploymentSpec.model_fields["wait_time_s"].default
+    assert spec.max_workers == DeploymentSpec.model_fields["max_workers"].default
+    assert spec.options == stored["options"]  # the valid fields are kept
+    assert sorted(n.split(":")[0] for n in notes) == ["max_workers", "wait_time_s"]
+    with pytest.raises(ValidationError):
+        load_stored_spec({"name": "Not A Name"})
+
+
+def test_a_spec_stored_by_an_older_torpor_does_not_stop_the_server(
+    server_factory: Callable[..., TorporServer], tmp_path: Any
+) -> None:
+    import sqlite3
+
+    data = tmp_path / "data"
+    srv = server_factory(data)
+    srv.deploy(fake_spec("legacy"))
+    srv.stop()
+    # What the old code accepted and stored: Infinity (Python's json writes it).
+    db = sqlite3.connect(data / "torpor.db")
+    (raw,) = db.execute("SELECT spec FROM deployments WHERE name = 'legacy'").fetchone()
+    spec = json.loads(raw)
+    spec["wait_time_s"] = float("inf")
+    db.execute("UPDATE deployments SET spec = ? WHERE name = 'legacy'", (json.dumps(spec),))
+    db.commit()
+    db.close()
+
+    again = server_factory(data)  # used to die in Controller.load on the ValidationError
+    view = again.get("legacy")
+    assert view["wait_time_s"] == DeploymentSpec.model_fields["wait_time_s"].default
+    assert "wait_time_s" in again.log() and "no longer valid" in again.log()

@@ -3,9 +3,16 @@
 from __future__ import annotations
 
 import re
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from torpor.validation import (
     MAX_BUDGET_USD,
@@ -229,3 +236,25 @@ class DeploymentPatch(BaseModel):
 
 def needs_rollout(old: DeploymentSpec, new: DeploymentSpec) -> bool:
     return any(getattr(old, f) != getattr(new, f) for f in ROLLING_FIELDS)
+
+
+def load_stored_spec(data: dict[str, Any]) -> tuple[DeploymentSpec, list[str]]:
+    """A spec read back from the database, validated as today's rules say.
+
+    A spec stored by an older torpor may break a rule added since (a bound, a removed
+    option). Refusing it would stop torpor from starting, and lose the deployment; instead
+    each offending top-level field goes back to its default and the returned notes say
+    which (the caller logs them). Raises ValidationError only when that cannot help.
+    """
+    current = dict(data)
+    notes: list[str] = []
+    while True:
+        try:
+            return DeploymentSpec.model_validate(current), notes
+        except ValidationError as exc:
+            fields = {str(e["loc"][0]) for e in exc.errors() if e["loc"]}
+            fixable = sorted(f for f in fields & set(current) if f != "name")
+            if not fixable:
+                raise
+            for name in fixable:
+                notes.append(f"{name}: stored value {current.pop(name)!r} no longer valid")

@@ -25,6 +25,7 @@ from torpor.admission import Admission
 from torpor.autoscaler import ScalingView, WorkerView, plan_scaling
 from torpor.controller.model import Deployment, Worker, WorkerMeter
 from torpor.controller.persist import deployment_row, worker_row
+from torpor.controller.suspects import SuspectChecks
 from torpor.controller.workers import WorkerOps
 from torpor.errors import Conflict, DeploymentUnavailable, NoCapacity, NotFound, UpstreamError
 from torpor.gpus import GpuPool
@@ -35,7 +36,7 @@ from torpor.runtime import Runtime, WorkerHandle
 from torpor.runtime.base import WorkerRecord
 from torpor.settings import Settings
 from torpor.setupjob import run_setup_job
-from torpor.spec import DeploymentPatch, DeploymentSpec, needs_rollout
+from torpor.spec import DeploymentPatch, DeploymentSpec, load_stored_spec, needs_rollout
 from torpor.states import (
     ServingStatus,
     SetupState,
@@ -79,6 +80,8 @@ class Controller:
         self._pending_events: list[dict[str, Any]] = []
         self._closed = False
         self.workers = WorkerOps(self, runtime, gpus, meter)
+        # Workers that let a request time out, checked by health probes (gateway reports).
+        self.suspects = SuspectChecks(self)
         # Stop tasks in flight (the bench waits on them).
         self._stopping = self.workers.stopping
 
@@ -88,7 +91,9 @@ class Controller:
         """Load deployments; adopt the workers of an earlier run the runtime can take over
         and stop the others. Returns the number of earlier workers stopped."""
         for drow in await self.store.list_deployments():
-            spec = DeploymentSpec.model_validate(drow.spec)
+            spec, notes = load_stored_spec(drow.spec)
+            for note in notes:
+                log.warning("deployment %s: %s; reset to the default", drow.name, note)
             dep = self._new_deployment(spec, drow.spec_version, drow.created_at)
             dep.updated_at = drow.updated_at
             if drow.state in (SetupState.DELETING, SetupState.CLEANING):
