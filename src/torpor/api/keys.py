@@ -94,9 +94,9 @@ def bootstrap_hashes(admin_key: str | None, data_dir: Path) -> frozenset[str]:
 
 
 async def _activity(svc: Services) -> tuple[frozenset[str], dict[str, datetime]]:
-    await svc.meter.flush()
     boot = bootstrap_hashes(svc.settings.admin_key, svc.settings.data_dir)
-    return boot, await queries.last_used(svc.store.engine)
+    # Reads never write: requests not yet flushed are merged in.
+    return boot, await svc.meter.read(lambda ev, _: queries.last_used(svc.store.engine, ev))
 
 
 def listed_view(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 
 from fastapi import APIRouter, Query
@@ -11,7 +12,7 @@ from fastapi.responses import PlainTextResponse
 from torpor.api.deps import CallerDep, ServicesDep
 from torpor.auth import ApiKey
 from torpor.errors import BadRequest, NotFound
-from torpor.metering import queries
+from torpor.metering import chargeback, queries
 from torpor.states import WorkerState, lifecycle
 
 router = APIRouter(tags=["usage"])
@@ -31,18 +32,16 @@ def _window(value: str, allowed: tuple[str, ...]) -> Any:
     return queries.WINDOWS[value]
 
 
-async def _fresh(svc: ServicesDep) -> None:
-    # Finished requests are buffered for up to one flush interval; reads see them all.
-    await svc.meter.flush()
-
-
 @router.get("/api/usage/summary")
 async def usage_summary(
     svc: ServicesDep, key: CallerDep, window: str = "24h", deployment: str | None = None
 ) -> dict[str, Any]:
     span = _window(window, ("1h", "6h", "24h", "7d", "30d"))
-    await _fresh(svc)
-    data = await queries.summary(svc.store.engine, _scope(key, deployment), span, datetime.now(UTC))
+    scope, now = _scope(key, deployment), datetime.now(UTC)
+    # Finished requests wait up to one flush interval in memory: reads merge them in.
+    data = await svc.meter.read(
+        lambda ev, _: queries.summary(svc.store.engine, scope, span, now, ev)
+    )
     return {"window": window, "deployment": deployment, **data}
 
 
@@ -51,8 +50,10 @@ async def usage_by_deployment(
     svc: ServicesDep, key: CallerDep, window: str = "24h"
 ) -> dict[str, Any]:
     span = _window(window, ("1h", "6h", "24h", "7d", "30d"))
-    await _fresh(svc)
-    rows = await queries.by_deployment(svc.store.engine, _scope(key, None), span, datetime.now(UTC))
+    scope, now = _scope(key, None), datetime.now(UTC)
+    rows = await svc.meter.read(
+        lambda ev, _: queries.by_deployment(svc.store.engine, scope, span, now, ev)
+    )
     return {"window": window, "data": rows}
 
 
@@ -70,9 +71,9 @@ async def usage_timeseries(
     width = queries.STEPS[step]
     if span / width > 2000:
         raise BadRequest("step: too small for this window (at most 2000 buckets)")
-    await _fresh(svc)
-    rows = await queries.timeseries(
-        svc.store.engine, _scope(key, deployment), span, width, datetime.now(UTC)
+    scope, now = _scope(key, deployment), datetime.now(UTC)
+    rows = await svc.meter.read(
+        lambda ev, _: queries.timeseries(svc.store.engine, scope, span, width, now, ev)
     )
     return {"window": window, "step": step, "deployment": deployment, "data": rows}
 
@@ -83,9 +84,9 @@ async def deployment_metrics(
 ) -> dict[str, Any]:
     svc.controller.get(name)
     span = _window(window, ("1h", "6h", "24h"))
-    await _fresh(svc)
-    data = await queries.deployment_metrics(
-        svc.store.engine, _scope(key, name), name, span, datetime.now(UTC)
+    scope, now = _scope(key, name), datetime.now(UTC)
+    data = await svc.meter.read(
+        lambda ev, _: queries.deployment_metrics(svc.store.engine, scope, name, span, now, ev)
     )
     return {"deployment": name, "window": window, **data}
 
@@ -137,17 +138,40 @@ async def invoices(
         raise BadRequest("month: must be YYYY-MM") from None
     if format_ not in ("json", "csv"):
         raise BadRequest("format: must be json or csv")
-    await _fresh(svc)
     names = {r.id: r.name for r in await svc.store.list_keys()}
-    lines = await queries.invoice(svc.store.engine, _scope(key, deployment), month, names, now)
+    scope = _scope(key, deployment)
+    lines = await svc.meter.read(
+        lambda ev, gpu: queries.invoice(svc.store.engine, scope, month, names, now, ev, gpu)
+    )
+    for ln in lines:
+        for name in ("token_cost", "gpu_cost", "storage_cost", "total_cost"):
+            ln[name] = chargeback.money(ln[name])
     if format_ == "csv":
         return PlainTextResponse(
             queries.invoice_csv(lines),
             media_type="text/csv",
             headers={"Content-Disposition": f'attachment; filename="torpor-{month}.csv"'},
         )
-    total = sum(ln["total_cost"] for ln in lines)
+    total = chargeback.money(sum(Decimal(repr(ln["total_cost"])) for ln in lines))
     return {"month": month, "data": lines, "total_cost": total}
+
+
+@router.get("/api/usage/by-key")
+async def usage_by_key(
+    svc: ServicesDep, key: CallerDep, month: str | None = None, deployment: str | None = None
+) -> dict[str, Any]:
+    """Chargeback for a month: per key tokens, token cost, attributed GPU-seconds and GPU
+    cost; for admins also each deployment's own GPU time (idle, start-up) and its workers'
+    billed GPU-seconds (the keys' GPU-seconds plus the deployment's own add up to it)."""
+    month = month or datetime.now(UTC).strftime("%Y-%m")
+    try:
+        queries.month_bounds(month)
+    except ValueError:
+        raise BadRequest("month: must be YYYY-MM") from None
+    names = {r.id: r.name for r in await svc.store.list_keys()}
+    return await chargeback.by_key(
+        svc.meter, svc.store.engine, _scope(key, deployment), month, names
+    )
 
 
 @router.get("/api/me")
@@ -161,5 +185,10 @@ async def me(svc: ServicesDep, key: CallerDep) -> dict[str, Any]:
         "plan_tokens": key.plan_tokens,
         "budget_usd_monthly": key.budget_usd_monthly,
         "budget_tokens_monthly": key.budget_tokens_monthly,
-        "usage_month": {"tokens": spent.tokens, "cost": round(spent.usd, 10)},
+        "budget_gpu_usd_monthly": key.budget_gpu_usd_monthly,
+        "usage_month": {
+            "tokens": spent.tokens,
+            "cost": chargeback.money(spent.usd),
+            "gpu_cost": chargeback.money(svc.meter.key_gpu_usd(key.id)),
+        },
     }

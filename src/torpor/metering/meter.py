@@ -13,27 +13,35 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Iterable
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
+from typing import TypeVar
 
 import orjson
 from sqlalchemy import func, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from torpor.auth import ApiKey
-from torpor.errors import TorporError
 from torpor.metering import writes
 from torpor.metering.budget import Caps, Spent, over_budget
-from torpor.metering.gpu import BusyClock, split_interval
+from torpor.metering.gpu import split_interval
 from torpor.metering.metrics import Metrics
 from torpor.metering.pricing import Prices
+from torpor.metering.records import (
+    NANO,
+    BudgetExceeded,
+    RequestUsage,
+    Reservation,
+    WorkerSession,
+    month_start,
+    nano_usd,
+    new_month,
+)
 from torpor.metering.reserve import Grant, Left, ask_of, plan, with_limit
 from torpor.metering.tables import (
     GpuHourlyRow,
@@ -55,112 +63,9 @@ FLUSH_SLICE = 256
 PRUNE_EVERY = timedelta(hours=1)
 # Context limit of a deployment that declares none and whose engine options name none.
 DEFAULT_CONTEXT_TOKENS = 32768
-NANO = 1_000_000_000
-
-
-class BudgetExceeded(TorporError):
-    status = 429
-    type = "budget_exceeded"
-    code = "budget_exceeded"
-    default_message = "Budget exceeded"
-
-
-@dataclass
-class RequestUsage:
-    at: datetime
-    deployment: str
-    key_id: str
-    session_id: str | None
-    route: str
-    status: int
-    prompt_tokens: int
-    completion_tokens: int
-    estimated: bool
-    ttft_ms: float | None
-    latency_ms: float
-    queue_ms: float
-    cold_start: bool
-    stream: bool
-    cost: float = 0.0
-
-    @property
-    def tokens(self) -> int:
-        return self.prompt_tokens + self.completion_tokens
-
-
-@dataclass
-class WorkerSession:
-    worker_id: str
-    deployment: str
-    gpu_kind: str
-    gpu_count: int
-    hourly_rate: float
-    started_at: datetime
-    ready_at: datetime | None = None
-    stopped_at: datetime | None = None
-    reason: str | None = None
-    # GPU time is accrued (and the heartbeat written) up to here.
-    accrued_to: datetime | None = None
-    busy: BusyClock = field(default_factory=BusyClock)
-    # The key whose request waited for this worker's start (its cold-start share).
-    cold_key: str | None = None
-
-    @property
-    def startup_s(self) -> float | None:
-        if self.ready_at is None:
-            return None
-        return (self.ready_at - self.started_at).total_seconds()
-
-    def seconds(self, now: datetime) -> float:
-        return max(0.0, ((self.stopped_at or now) - self.started_at).total_seconds())
-
-
-_ids = itertools.count(1)
-
-
-@dataclass
-class Reservation:
-    """What an admitted request may still spend; released when its usage is recorded, or
-    when it expires (a request that never recorded cannot hold a budget for ever)."""
-
-    key_id: str
-    deployment: str
-    tokens: int
-    usd: float
-    # The request body with the completion limit torpor set, when it set one.
-    body: bytes | None = None
-    expires: float = 0.0
-    released: bool = False
-    id: int = field(default_factory=lambda: next(_ids))
-
-
-@dataclass
-class _Month:
-    key: str
-    # First instant of the next month: the request path compares, never formats.
-    ends: datetime
-    by_key: dict[str, Spent] = field(default_factory=dict)
-    by_deployment: dict[str, Spent] = field(default_factory=dict)
-    # GPU cost attributed to each key (chargeback), in USD.
-    gpu_by_key: dict[str, float] = field(default_factory=dict)
-
-
-def month_key(at: datetime) -> str:
-    return at.strftime("%Y-%m")
-
-
-def month_start(at: datetime) -> datetime:
-    return at.astimezone(UTC).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
-
-
-def _new_month(at: datetime) -> _Month:
-    start = month_start(at)
-    return _Month(month_key(start), ends=(start + timedelta(days=32)).replace(day=1))
-
-
-def nano_usd(seconds: float, rate_hourly: float) -> int:
-    """Cost of `seconds` device-seconds at an hourly rate, in integer nano-dollars."""
-    return int((Decimal(repr(seconds)) * Decimal(repr(rate_hourly)) * NANO / 3600).to_integral())
+# A read that saw a flush commit while it ran is tried again, this many times in all.
+READ_TRIES = 3
+T = TypeVar("T")
 
 
 class Meter:
@@ -200,7 +105,7 @@ class Meter:
         self._dirty_sessions: set[str] = set()
         # Sessions a crash left open, closed at their heartbeat; resumed if adopted.
         self._closed_by_restart: dict[str, datetime] = {}
-        self._month = _new_month(clock())
+        self._month = new_month(clock())
         # Reserved by requests in flight, by key id and by deployment.
         self._reserved_key: dict[str, Spent] = {}
         self._reserved_dep: dict[str, Spent] = {}
@@ -561,8 +466,17 @@ class Meter:
         events, gpu = self._flushing
         return self.flushes, [*events, *self._events], [*gpu, *self._gpu]
 
-    def open_session_rows(self) -> list[WorkerSession]:
-        return list(self._sessions.values())
+    async def read(self, query: Callable[[list[RequestUsage], list[GpuDelta]], Awaitable[T]]) -> T:
+        """Run a read with the usage not yet flushed merged in (reads never write). A flush
+        that committed while it ran could count some twice or miss them: read again."""
+        for _ in range(READ_TRIES - 1):
+            seen, events, gpu = self.unflushed()
+            result = await query(events, gpu)
+            if self.flushes == seen:
+                return result
+        async with self._flush_lock:  # rare: hold flushes off for one last read
+            _, events, gpu = self.unflushed()
+            return await query(events, gpu)
 
     async def flush(self) -> None:
         async with self._flush_lock:
@@ -641,7 +555,7 @@ class Meter:
     def _roll_month(self) -> None:
         now = self.clock()
         if now >= self._month.ends:
-            self._month = _new_month(now)
+            self._month = new_month(now)
 
     def _add_spend(self, key_id: str, deployment: str, tokens: int, cost: float) -> None:
         for table, name in ((self._month.by_key, key_id), (self._month.by_deployment, deployment)):

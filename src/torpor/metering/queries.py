@@ -19,14 +19,15 @@ from typing import Any
 from sqlalchemy import ColumnElement, and_, func, select, true
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
-from torpor.metering.meter import hour_of
+from torpor.metering.meter import RequestUsage, hour_of
 from torpor.metering.pricing import HOURS_PER_MONTH
 from torpor.metering.tables import (
+    GpuHourlyRow,
     StorageHourlyRow,
     UsageEventRow,
     UsageHourlyRow,
-    WorkerSessionRow,
 )
+from torpor.metering.writes import GpuDelta
 
 WINDOWS = {"1h": timedelta(hours=1), "6h": timedelta(hours=6), "24h": timedelta(hours=24),
            "7d": timedelta(days=7), "30d": timedelta(days=30)}  # fmt: skip
@@ -57,6 +58,21 @@ class Scope:
         if self.deployment is not None:
             conds.append(dep_col == self.deployment)
         return and_(true(), *conds)
+
+
+def _matches(scope: Scope, e: RequestUsage) -> bool:
+    """Whether a not yet flushed event is in the caller's scope (as Scope._where)."""
+    if scope.deployments is not None and e.deployment not in scope.deployments:
+        return False
+    if scope.key_id is not None and e.key_id != scope.key_id:
+        return False
+    return scope.deployment is None or e.deployment == scope.deployment
+
+
+def _event_acc(e: RequestUsage) -> _Acc:
+    ttft = e.ttft_ms if e.ttft_ms is not None else e.latency_ms
+    return _Acc(1, int(e.status >= 400), e.prompt_tokens, e.completion_tokens, e.latency_ms,
+                ttft, 1, int(e.cold_start), e.cost)  # fmt: skip
 
 
 def _ceil_hour(at: datetime) -> datetime:
@@ -118,7 +134,12 @@ def _hourly_acc(r: Any) -> _Acc:
 
 
 async def _grouped(
-    engine: AsyncEngine, scope: Scope, start: datetime, now: datetime, by_deployment: bool
+    engine: AsyncEngine,
+    scope: Scope,
+    start: datetime,
+    now: datetime,
+    by_deployment: bool,
+    pending: Sequence[RequestUsage] = (),
 ) -> dict[str, _Acc]:
     """Totals for [start, now], grouped by deployment (or all under "")."""
     h0 = _ceil_hour(start)
@@ -147,8 +168,9 @@ async def _grouped(
                     func.sum(e.prompt_tokens).label("prompt_tokens"),
                     func.sum(e.completion_tokens).label("completion_tokens"),
                     func.sum(e.latency_ms).label("latency_ms_sum"),
-                    func.sum(e.ttft_ms).label("ttft_ms_sum"),
-                    func.count(e.ttft_ms).label("ttft_count"),
+                    # No first byte: its latency is its time to first token (same set).
+                    func.sum(func.coalesce(e.ttft_ms, e.latency_ms)).label("ttft_ms_sum"),
+                    func.count().label("ttft_count"),
                     func.sum(func.cast(e.cold_start, type_=h.requests.type)).label("cold_starts"),
                     func.sum(e.cost).label("cost"),
                 )
@@ -158,20 +180,31 @@ async def _grouped(
             for r in raw:
                 if r.requests:
                     out[r.deployment if by_deployment else ""].add(_hourly_acc(r))
+    for ev in pending:
+        if ev.at >= start and _matches(scope, ev):
+            out[ev.deployment if by_deployment else ""].add(_event_acc(ev))
     return out
 
 
 async def summary(
-    engine: AsyncEngine, scope: Scope, window: timedelta, now: datetime
+    engine: AsyncEngine,
+    scope: Scope,
+    window: timedelta,
+    now: datetime,
+    pending: Sequence[RequestUsage] = (),
 ) -> dict[str, Any]:
-    totals = await _grouped(engine, scope, now - window, now, by_deployment=False)
+    totals = await _grouped(engine, scope, now - window, now, False, pending)
     return totals.get("", _Acc()).view()
 
 
 async def by_deployment(
-    engine: AsyncEngine, scope: Scope, window: timedelta, now: datetime
+    engine: AsyncEngine,
+    scope: Scope,
+    window: timedelta,
+    now: datetime,
+    pending: Sequence[RequestUsage] = (),
 ) -> list[dict[str, Any]]:
-    totals = await _grouped(engine, scope, now - window, now, by_deployment=True)
+    totals = await _grouped(engine, scope, now - window, now, True, pending)
     rows = [{"deployment": dep, **acc.view()} for dep, acc in totals.items()]
     return sorted(rows, key=lambda r: (-r["cost"], r["deployment"]))
 
@@ -181,7 +214,12 @@ def _bucket(at: datetime, start: datetime, step: timedelta) -> datetime:
 
 
 async def timeseries(
-    engine: AsyncEngine, scope: Scope, window: timedelta, step: timedelta, now: datetime
+    engine: AsyncEngine,
+    scope: Scope,
+    window: timedelta,
+    step: timedelta,
+    now: datetime,
+    pending: Sequence[RequestUsage] = (),
 ) -> list[dict[str, Any]]:
     """Per bucket: request rate, tokens, latency, tokens per second, cost. Steps of an hour
     or more come from the rollups; shorter steps from the raw events."""
@@ -211,8 +249,11 @@ async def timeseries(
             )  # fmt: skip
             for at, status, pt, ct, lat, ttft, cold, cost in raw:
                 acc = buckets[_bucket(_utc(at), start, step)]
-                acc.add(_Acc(1, int(status >= 400), pt, ct, lat, ttft or 0.0,
-                             int(ttft is not None), int(cold), cost))  # fmt: skip
+                acc.add(_Acc(1, int(status >= 400), pt, ct, lat,
+                             ttft if ttft is not None else lat, 1, int(cold), cost))  # fmt: skip
+    for ev in pending:
+        if ev.at >= start and _matches(scope, ev):
+            buckets[_bucket(ev.at, start, step)].add(_event_acc(ev))
     series = []
     at = start
     seconds = step.total_seconds()
@@ -238,12 +279,18 @@ async def timeseries(
     return series
 
 
-async def last_used(engine: AsyncEngine) -> dict[str, datetime]:
+async def last_used(
+    engine: AsyncEngine, pending: Sequence[RequestUsage] = ()
+) -> dict[str, datetime]:
     """When each key last made a metered request (within the raw events' retention)."""
     e = UsageEventRow
     async with AsyncSession(engine) as s:
         rows = await s.execute(select(e.key_id, func.max(e.at)).group_by(e.key_id))
-        return {key_id: _utc(at) for key_id, at in rows if at is not None}
+        out = {key_id: _utc(at) for key_id, at in rows if at is not None}
+    for ev in pending:
+        if ev.key_id not in out or ev.at > out[ev.key_id]:
+            out[ev.key_id] = ev.at
+    return out
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -260,7 +307,12 @@ def _pcts(values: list[float]) -> dict[str, float]:
 
 
 async def deployment_metrics(
-    engine: AsyncEngine, scope: Scope, name: str, window: timedelta, now: datetime
+    engine: AsyncEngine,
+    scope: Scope,
+    name: str,
+    window: timedelta,
+    now: datetime,
+    pending: Sequence[RequestUsage] = (),
 ) -> dict[str, Any]:
     start = now - window
     step = max(timedelta(minutes=1), window / 60)
@@ -270,11 +322,18 @@ async def deployment_metrics(
             select(e.at, e.latency_ms, e.ttft_ms).where(
                 e.deployment == name, e.at >= start, scope.events())
         )).all()  # fmt: skip
-    latencies = [float(r.latency_ms) for r in rows]
-    ttfts = [float(r.ttft_ms) for r in rows if r.ttft_ms is not None]
+    # Rows, then requests not yet flushed: (at, latency, ttft) alike.
+    points: list[tuple[datetime, float, float | None]] = [
+        (_utc(r.at), float(r.latency_ms), r.ttft_ms) for r in rows
+    ]
+    points += [(ev.at, ev.latency_ms, ev.ttft_ms) for ev in pending
+               if ev.deployment == name and ev.at >= start and _matches(scope, ev)]  # fmt: skip
+    latencies = [lat for _, lat, _ in points]
+    # A request without a first byte counts its latency as its time to first token.
+    ttfts = [float(ttft if ttft is not None else lat) for _, lat, ttft in points]
     per_bucket: dict[datetime, list[float]] = defaultdict(list)
-    for r in rows:
-        per_bucket[_bucket(_utc(r.at), start, step)].append(float(r.latency_ms))
+    for at, lat, _ in points:
+        per_bucket[_bucket(at, start, step)].append(lat)
     rps, latency = [], []
     at = start
     while at <= now:
@@ -284,7 +343,7 @@ async def deployment_metrics(
                         "p95": round(percentile(values, 95), 3)})  # fmt: skip
         at += step
     return {
-        "total_requests": len(rows),
+        "total_requests": len(points),
         "latency_ms": _pcts(latencies),
         "ttft_ms": _pcts(ttfts),
         "step_s": step.total_seconds(),
@@ -304,7 +363,13 @@ def month_bounds(month: str) -> tuple[datetime, datetime]:
 
 
 async def invoice(
-    engine: AsyncEngine, scope: Scope, month: str, key_names: dict[str, str], now: datetime
+    engine: AsyncEngine,
+    scope: Scope,
+    month: str,
+    key_names: dict[str, str],
+    now: datetime,
+    pending: Sequence[RequestUsage] = (),
+    pending_gpu: Sequence[GpuDelta] = (),
 ) -> list[dict[str, Any]]:
     """Lines per key and deployment (tokens), plus per deployment (GPU and storage time)."""
     start, end = month_bounds(month)
@@ -330,21 +395,23 @@ async def invoice(
             ln = line(key_id, dep)
             ln.update(requests=int(n or 0), prompt_tokens=int(pt or 0),
                       completion_tokens=int(ct or 0), token_cost=float(cost or 0))  # fmt: skip
+        # GPU time: attributed to keys (chargeback), the rest (idle, start-up) to the
+        # deployment's own line; all lines of a deployment sum to its workers' billed time.
+        g = GpuHourlyRow
+        gpu = await s.execute(
+            select(g.key_id, g.deployment, func.sum(g.gpu_seconds), func.sum(g.cost_nusd))
+            .where(g.hour >= start, g.hour < end)
+            .group_by(g.key_id, g.deployment)
+        )  # fmt: skip
+        gpu_rows = [*gpu, *((d.key_id, d.deployment, d.gpu_seconds, d.cost_nusd)
+                            for d in pending_gpu if start <= d.hour < end)]  # fmt: skip
+        for key_id, dep, seconds, nusd in gpu_rows:
+            if not _in_scope(scope, dep, key_id or None):
+                continue
+            ln = line(key_id or None, dep)
+            ln["gpu_hours"] += float(seconds or 0) / 3600
+            ln["gpu_cost"] += int(nusd or 0) / 1e9
         if scope.key_id is None:
-            w = WorkerSessionRow
-            sessions = (await s.scalars(select(w).where(
-                w.started_at < end, (w.stopped_at.is_(None)) | (w.stopped_at >= start)))).all()  # fmt: skip
-            for ws in sessions:
-                if scope.deployments is not None and ws.deployment not in scope.deployments:
-                    continue
-                if scope.deployment is not None and ws.deployment != scope.deployment:
-                    continue
-                began = max(_utc(ws.started_at), start)
-                ended = min(_utc(ws.stopped_at) if ws.stopped_at else now, end)
-                hours = max(0.0, (ended - began).total_seconds() / 3600) * ws.gpu_count
-                ln = line(None, ws.deployment)
-                ln["gpu_hours"] += hours
-                ln["gpu_cost"] += hours * ws.hourly_rate
             st = StorageHourlyRow
             storage = await s.execute(
                 select(st.deployment, func.sum(st.gb_seconds), func.sum(st.cost))
@@ -358,6 +425,13 @@ async def invoice(
                 ln = line(None, dep)
                 ln["storage_gb_months"] = float(gb_s or 0) / 3600 / HOURS_PER_MONTH
                 ln["storage_cost"] = float(cost or 0)
+    for ev in pending:
+        if start <= ev.at < end and _matches(scope, ev):
+            ln = line(ev.key_id, ev.deployment)
+            ln["requests"] += 1
+            ln["prompt_tokens"] += ev.prompt_tokens
+            ln["completion_tokens"] += ev.completion_tokens
+            ln["token_cost"] += ev.cost
     out = []
     for ln in lines.values():
         ln["total_cost"] = ln["token_cost"] + ln["gpu_cost"] + ln["storage_cost"]
@@ -369,6 +443,14 @@ INVOICE_COLUMNS = (
     "key_id", "key_name", "deployment", "requests", "prompt_tokens", "completion_tokens",
     "token_cost", "gpu_hours", "gpu_cost", "storage_gb_months", "storage_cost", "total_cost",
 )  # fmt: skip
+
+
+def _in_scope(scope: Scope, dep: str, key_id: str | None) -> bool:
+    if scope.deployments is not None and dep not in scope.deployments:
+        return False
+    if scope.deployment is not None and dep != scope.deployment:
+        return False
+    return scope.key_id is None or key_id == scope.key_id
 
 
 def invoice_csv(lines: list[dict[str, Any]]) -> str:
