@@ -31,6 +31,8 @@ from torpor.metering.pricing import Prices
 from torpor.store import open_store
 
 PROMPT = [{"role": "user", "content": "hello there"}]
+# Metering off, on (admin key: no budget), on with a budgeted key (reservations).
+MODES = ("on", "off", "budget")
 
 
 @dataclass(frozen=True)
@@ -85,17 +87,25 @@ async def _request_path(cfg: Config, work: Path) -> dict[str, Any]:
             torpor.deploy(placeholder_spec("m", port))
             torpor.wait_for("m", lambda d: d["status"] == "ready", timeout_s=60)
         headers = {"Authorization": f"Bearer {ADMIN_KEY}"}
+        # The same metered gateway with a key under budgets: every request reserves its
+        # prompt estimate and completion limit (and reads its body); the admin key has none.
+        with gateways["on"].api() as c:
+            r = c.post("/api/keys", json={"name": "budgeted", "budget_tokens_monthly": 2_000_000_000,
+                                          "budget_usd_monthly": 1e9})  # fmt: skip
+            r.raise_for_status()
+            budgeted = {"Authorization": f"Bearer {r.json()['key']}"}
+        targets = {"on": (gateways["on"], headers), "off": (gateways["off"], headers),
+                   "budget": (gateways["on"], budgeted)}  # fmt: skip
         async with new_session() as session:
             for stream in (False, True):
                 for conc in cfg.concurrencies:
-                    runs: dict[str, list[dict[str, float]]] = {"on": [], "off": []}
-                    # Alternate on/off so drift on a shared machine hits both alike.
+                    runs: dict[str, list[dict[str, float]]] = {m: [] for m in targets}
+                    # Alternate the order so drift on a shared machine hits all alike.
                     for rep in range(cfg.repeats):
-                        order = ("on", "off") if rep % 2 == 0 else ("off", "on")
+                        order = MODES if rep % 2 == 0 else MODES[::-1]
                         for mode in order:
-                            call = Call.chat(
-                                gateways[mode].url + "/v1", "m", PROMPT, stream, headers
-                            )
+                            gw, hdrs = targets[mode]
+                            call = Call.chat(gw.url + "/v1", "m", PROMPT, stream, hdrs)
                             load = await closed_loop(
                                 functools.partial(send, session, call),
                                 conc,
@@ -110,17 +120,24 @@ async def _request_path(cfg: Config, work: Path) -> dict[str, Any]:
                                 "errors": float(len(load.samples) - len(ok)),
                             })  # fmt: skip
                     row: dict[str, Any] = {"stream": stream, "concurrency": conc}
-                    for mode in ("on", "off"):
+                    for mode in MODES:
                         for key in ("rps", "p50_ms", "p99_ms", "errors"):
                             row[f"{key}_{mode}"] = median([r[key] for r in runs[mode]])
                     row["rps_ratio"] = row["rps_on"] / row["rps_off"] if row["rps_off"] else None
                     row["p50_ratio"] = (
                         row["p50_ms_on"] / row["p50_ms_off"] if row["p50_ms_off"] else None
                     )
+                    row["budget_rps_ratio"] = (
+                        row["rps_budget"] / row["rps_on"] if row["rps_on"] else None
+                    )
+                    row["budget_p50_ratio"] = (
+                        row["p50_ms_budget"] / row["p50_ms_on"] if row["p50_ms_on"] else None
+                    )
                     row["runs"] = runs
                     rows.append(row)
-                    print(f"  metering stream={stream} c={conc}: rps on/off = "
-                          f"{row['rps_on']:.0f}/{row['rps_off']:.0f}", flush=True)  # fmt: skip
+                    print(f"  metering stream={stream} c={conc}: rps on/off/budget = "
+                          f"{row['rps_on']:.0f}/{row['rps_off']:.0f}/{row['rps_budget']:.0f}",
+                          flush=True)  # fmt: skip
     finally:
         procs.close()
     return {"rows": rows}
@@ -207,6 +224,9 @@ def _report(result: Result, out_dir: Path, cfg: Config) -> None:
                 "P99 ms on",
                 "P99 ms off",
                 "errors on/off",
+                "req/s budget",
+                "budget/on",
+                "P50 budget/on",
             ],
             [
                 [
@@ -221,6 +241,9 @@ def _report(result: Result, out_dir: Path, cfg: Config) -> None:
                     r["p99_ms_on"],
                     r["p99_ms_off"],
                     f"{r['errors_on']:.0f}/{r['errors_off']:.0f}",
+                    r["rps_budget"],
+                    r["budget_rps_ratio"],
+                    r["budget_p50_ratio"],
                 ]
                 for r in rows
             ],
@@ -242,6 +265,17 @@ def _report(result: Result, out_dir: Path, cfg: Config) -> None:
                     f"req/s with metering / without, concurrency {r['concurrency']}, "
                     f"{'streaming' if r['stream'] else 'non-streaming'}",
                     "near 1 (>= 0.95)",
+                    f"{ratio:.3f}",
+                    ratio >= 0.95,
+                )
+            )
+        if r.get("budget_rps_ratio") is not None:
+            ratio = r["budget_rps_ratio"]
+            result.targets.append(
+                Target(
+                    f"req/s with budget reservations / metering without a budget, concurrency "
+                    f"{r['concurrency']}, {'streaming' if r['stream'] else 'non-streaming'}",
+                    "no more cost (>= 0.95)",
                     f"{ratio:.3f}",
                     ratio >= 0.95,
                 )
