@@ -793,7 +793,7 @@ def test_keys_spend_against_budget_and_bootstrap_key(ui: Console, srv: TorporSer
     with srv.api() as c:
         made = c.post(
             "/api/keys",
-            json={"name": "tight", "deployments": ["priced"], "budget_usd_monthly": 0.001},
+            json={"name": "tight", "deployments": ["priced"], "budget_usd_monthly": 1},
         ).json()
     srv.openai(made["key"]).chat.completions.create(
         model="priced", messages=[{"role": "user", "content": "spend some"}]
@@ -809,6 +809,10 @@ def test_keys_spend_against_budget_and_bootstrap_key(ui: Console, srv: TorporSer
             15,
             "the key's spend",
         )
+        # Budgets hold (a request that may not fit is refused): a key is over its budget
+        # when the budget is lowered below what it has spent.
+        r = c.patch(f"/api/keys/{made['id']}", json={"budget_usd_monthly": 0.001})
+        assert r.status_code == 200, r.text
         listed = {k["id"]: k for k in c.get("/api/keys").json()["data"]}
     assert listed[made["id"]]["last_used_at"] is not None
     boot = [k for k in listed.values() if k["bootstrap"]]

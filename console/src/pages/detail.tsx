@@ -33,7 +33,7 @@ export function DeploymentDetail({ name, tab, me }: { name: string; tab: string;
             ← Deployments
           </a>
           <h1>{name}</h1>
-          {dep && <p class="muted">{dep.description || `${dep.framework} · ${dep.model || "custom server"}`}</p>}
+          {dep && <p class="muted">{dep.description || `${dep.framework} · ${dep.model || (dep.framework === "custom" ? "custom server" : "a model on the server")}`}</p>}
         </div>
         <div class="row">
           {dep && <Badge value={dep.status} label={STATUS_LABEL[dep.status] ?? dep.status} testid="status" />}
