@@ -55,6 +55,9 @@ class RayCluster:
     temp_dir: Path
     gpu_nodes: int = 2
     env: dict[str, str] = field(default_factory=dict)
+    # Each GPU node's own model cache (TORPOR_NODE_CACHE in its environment), as separate
+    # machines have separate disks.
+    node_caches: list[Path] = field(default_factory=list)
 
     @property
     def address(self) -> str:
@@ -89,6 +92,8 @@ class RayCluster:
         return self
 
     def add_gpu_node(self, kind: str = "A100") -> None:
+        cache = self.temp_dir / f"cache{len(self.node_caches)}"
+        self.node_caches.append(cache)
         self._run(
             [
                 "start",
@@ -103,12 +108,17 @@ class RayCluster:
                 "--node-ip-address",
                 RAY_NODE_IP,
                 "--disable-usage-stats",
-            ]
+            ],
+            {"TORPOR_NODE_CACHE": str(cache)},
         )
 
-    def _run(self, args: list[str]) -> None:
+    def _run(self, args: list[str], env: dict[str, str] | None = None) -> None:
         out = subprocess.run(
-            [str(RAY), *args], env=self.env, capture_output=True, text=True, timeout=120
+            [str(RAY), *args],
+            env={**self.env, **(env or {})},
+            capture_output=True,
+            text=True,
+            timeout=120,
         )
         if out.returncode != 0:
             raise RuntimeError(f"ray {' '.join(args)} failed:\n{out.stdout}\n{out.stderr}")

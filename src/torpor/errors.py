@@ -147,6 +147,13 @@ class RayUnavailable(TorporError):
     default_message = "The Ray cluster cannot be reached"
 
 
+class ModelFetchFailed(TorporError):
+    """A node could not fetch a worker's model into its cache (the worker fails with it)."""
+
+    code = "model_fetch_failed"
+    default_message = "The model could not be fetched on the worker's node"
+
+
 def error_body(exc: TorporError) -> dict[str, Any]:
     return {"error": {"message": exc.message, "type": exc.type, "code": exc.code, "param": None}}
 

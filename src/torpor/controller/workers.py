@@ -10,6 +10,7 @@ import asyncio
 import logging
 import secrets
 from collections.abc import Coroutine
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from torpor.admission import Route
@@ -18,8 +19,9 @@ from torpor.controller.model import Deployment, Worker, WorkerMeter
 from torpor.engines import engine_for
 from torpor.gpus import VISIBLE_DEVICES_ENV, GpuPool
 from torpor.logs import tail_lines
+from torpor.modelstore.placement import fetched_per_node, placement_for
 from torpor.runtime import LaunchSpec, Runtime, WorkerHandle
-from torpor.runtime.base import Resources
+from torpor.runtime.base import MODEL_ON_NODE, NodeModel, Resources
 from torpor.spec import DeploymentSpec
 from torpor.states import WorkerState, check_worker
 from torpor.store.db import as_utc, utcnow
@@ -80,7 +82,11 @@ class WorkerOps:
                 # A CPU worker must not see (and grab) the host's accelerators.
                 device_env = {var: "" for var in VISIBLE_DEVICES_ENV.values()}
         engine = engine_for(spec.framework)
-        launch = engine.launch(spec, dep.model_path)
+        s = self.ctl.settings
+        needs_model = engine.needs_model(spec)
+        on_node = fetched_per_node(placement_for(s.runtime, s.shared_storage), spec, needs_model)
+        model_path = Path(MODEL_ON_NODE) if on_node else dep.model_path
+        launch = engine.launch(spec, model_path)
         env = dict(spec.env)
         env.update(launch.env)
         w = Worker(
@@ -107,6 +113,7 @@ class WorkerOps:
             device_env=device_env,
             resources=Resources(spec.gpus, spec.accelerator, spec.gpu_type, WORKER_CPUS),
             spec_version=dep.spec_version,
+            model=NodeModel(spec.model_dump(mode="json"), needs_model) if on_node else None,
         )
         task = asyncio.create_task(self.runtime.start(spec_launch), name=f"start-{worker_id}")
         w.start_task = task

@@ -14,7 +14,7 @@ import asyncio
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from torpor.logs import follow_file, tail_lines
 
@@ -30,6 +30,21 @@ class Resources:
     gpu_type: str | None = None
     # CPUs reserved for the worker (the engine process, its tokenizer, its HTTP server).
     cpus: float = 1.0
+
+
+# In argv and env values: the model's path on the node, once fetched there (`NodeModel`).
+MODEL_ON_NODE = "{model}"
+
+
+@dataclass(frozen=True)
+class NodeModel:
+    """A model each node fetches for its own workers (a cluster without shared storage):
+    the runtime fetches it on the node the worker lands on, before the engine starts, and
+    puts its path there in place of `MODEL_ON_NODE`."""
+
+    # The deployment's spec as JSON (what the model store needs on the node).
+    spec: dict[str, Any]
+    needs_model: bool
 
 
 @dataclass(frozen=True)
@@ -53,6 +68,8 @@ class LaunchSpec:
     resources: Resources = field(default_factory=Resources)
     # The deployment's spec version, recorded with the worker (adoption checks it).
     spec_version: int = 0
+    # Set when the model is fetched on the worker's node (runtimes that place workers).
+    model: NodeModel | None = None
 
 
 @dataclass

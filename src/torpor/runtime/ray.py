@@ -30,10 +30,12 @@ from typing import Any
 
 import aiohttp
 
-from torpor.errors import RayUnavailable
+from torpor.errors import ModelFetchFailed, RayUnavailable
 from torpor.gpus import NVIDIA
 from torpor.runtime.base import (
+    MODEL_ON_NODE,
     LaunchSpec,
+    NodeModel,
     ProbeResult,
     Resources,
     WorkerHandle,
@@ -65,6 +67,8 @@ class _Actor:
     placed: bool = False
     log_offset: int = 0
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    # The node fetching the worker's model into its cache, while it does.
+    fetching: str | None = None
 
 
 def _ray() -> Any:
@@ -125,13 +129,51 @@ class RayRuntime:
             node="",
         )
         entry = await asyncio.to_thread(self._create, launch, handle)
-        entry.started = asyncio.wrap_future(
-            entry.actor.start.remote(
-                list(launch.argv), dict(launch.env), launch.fixed_port, str(launch.cwd)
-            ).future()
-        )
+        entry.started = asyncio.ensure_future(self._begin(entry, launch))
         self._actors[launch.worker_id] = entry
         return handle
+
+    async def _begin(self, entry: _Actor, launch: LaunchSpec) -> Any:
+        """Once placed: the model into the node's cache (when fetched per node), then the
+        engine. Returns where the engine listens."""
+        argv, env = list(launch.argv), dict(launch.env)
+        if launch.model is not None:
+            node = await asyncio.wrap_future(entry.actor.node.remote().future())
+            entry.fetching = str(node)
+            got = await self._fetch_on(str(node), launch.model)
+            entry.fetching = None
+            path = str(got["path"])
+            argv = [a.replace(MODEL_ON_NODE, path) for a in argv]
+            env = {k: v.replace(MODEL_ON_NODE, path) for k, v in env.items()}
+            if got["downloaded"]:
+                line = f"fetched {got['source']} ({got['size_bytes']} bytes) into {path}"
+            else:
+                line = f"model already on this node: {path}"
+            await asyncio.to_thread(_note, launch.log_path, f"torpor: node {node}: {line}\n")
+        return await asyncio.wrap_future(
+            entry.actor.start.remote(argv, env, launch.fixed_port, str(launch.cwd)).future()
+        )
+
+    async def _fetch_on(self, node: str, model: NodeModel) -> dict[str, Any]:
+        """A Ray task pinned to `node` puts the model into that node's cache (once: a later
+        worker there finds it). It reserves no CPU: workers may hold all of the node's."""
+        ray = _ray()
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        from torpor.modelstore.placement import fetch_into_node_cache
+
+        task = ray.remote(fetch_into_node_cache).options(
+            scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False),
+            num_cpus=0,
+            max_retries=0,
+        )
+        ref = task.remote(model.spec, model.needs_model, str(self._node_dir))
+        try:
+            got: dict[str, Any] = await asyncio.wrap_future(ref.future())
+        except Exception as exc:
+            cause = getattr(exc, "cause", None) or exc
+            raise ModelFetchFailed(f"model fetch on node {node} failed: {cause}") from exc
+        return got
 
     def _create(self, launch: LaunchSpec, handle: WorkerHandle) -> _Actor:
         ray = _ray()
@@ -167,9 +209,7 @@ class RayRuntime:
                 pg, placement_group_bundle_index=0, placement_group_capture_child_tasks=True
             )
         actor = (
-            ray.remote(WorkerActor)
-            .options(**opts)
-            .remote(launch.worker_id, str(self._node_dir / "logs"))
+            ray.remote(WorkerActor).options(**opts).remote(launch.worker_id, str(self._node_dir))
         )
         return _Actor(actor, name, self._clock(), handle, pg=pg, request=request)
 
@@ -189,11 +229,16 @@ class RayRuntime:
         if not entry.placed:
             started = entry.started
             if started is None or not started.done():
+                if entry.fetching:
+                    return ProbeResult(None, False, f"fetching the model on node {entry.fetching}")
                 if self._clock() - entry.created >= PENDING_AFTER_S:
                     return ProbeResult(None, False, waiting_reason(entry.request), pending=True)
                 return ProbeResult(None, False)
             try:
                 info = started.result()
+            except ModelFetchFailed as exc:
+                await self._ended(entry, -1, str(exc))
+                return ProbeResult(-1, False, handle.exit_reason, ended=True)
             except Exception as exc:
                 await self._ended(entry, -1, await self._why_dead(handle, exc))
                 return ProbeResult(-1, False, handle.exit_reason, ended=True)
@@ -278,6 +323,8 @@ class RayRuntime:
             return None
         for t in entry.tasks:
             t.cancel()
+        if entry.started is not None:
+            entry.started.cancel()
         code: int | None = None
         if entry.placed and handle.exit_reason is None:
             with contextlib.suppress(Exception):
@@ -464,6 +511,11 @@ def _kill(entry: _Actor) -> None:
 
         with contextlib.suppress(Exception):
             remove_placement_group(entry.pg)
+
+
+def _note(path: Path, line: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _append(path, line.encode())
 
 
 def _append(path: Path, data: bytes) -> None:

@@ -18,11 +18,11 @@ import os
 import signal
 import socket
 import time
-from pathlib import Path
 from typing import Any
 
 import psutil
 
+from torpor.modelstore.placement import node_cache_root
 from torpor.runtime.workerenv import worker_env
 
 # The most log bytes one read returns (the reader asks again for the rest).
@@ -52,12 +52,19 @@ def _fill(value: str, values: dict[str, str]) -> str:
 class WorkerActor:
     """One worker: an async Ray actor owning one engine process."""
 
-    def __init__(self, worker_id: str, log_dir: str):
+    def __init__(self, worker_id: str, node_cache: str):
+        """`node_cache`: torpor's TORPOR_NODE_CACHE; the node's own setting wins."""
         self.worker_id = worker_id
-        self.log_path = Path(log_dir) / f"{worker_id}.log"
+        self.log_path = node_cache_root(node_cache) / "logs" / f"{worker_id}.log"
         self.proc: asyncio.subprocess.Process | None = None
         self.spawned = asyncio.Event()
         self.where: dict[str, Any] = {}
+
+    async def node(self) -> str:
+        """The id of the node Ray placed this worker on."""
+        import ray
+
+        return str(ray.get_runtime_context().get_node_id())
 
     async def start(
         self,
