@@ -62,7 +62,9 @@ def test_vllm_quantization_utilization_and_sleep_mode() -> None:
     assert argv[argv.index("--gpu-memory-utilization") + 1] == "0.5"
     assert "--enable-sleep-mode" in argv
     assert got.env == {"VLLM_SERVER_DEV_MODE": "1"}
-    assert (got.sleep, got.wake) == ("POST /sleep?level=1", "POST /wake_up")
+    assert got.sleep is not None and got.sleep.kind == "http"
+    assert [str(c) for c in got.sleep.sleep_calls] == ["POST /sleep?level=1"]
+    assert [str(c) for c in got.sleep.wake_calls] == ["POST /wake_up"]
 
 
 def test_sglang_command_line() -> None:

@@ -50,6 +50,12 @@ LIVE_FIELDS = frozenset(
         "context_tokens",
         "catalog",
         "storage_gb",
+        "sleep_after_s",
+        "sleep_level",
+        "priority",
+        "buffer_workers",
+        "schedule",
+        "prewake",
     }
 )
 # Fields whose change needs new worker processes: workers are rolled over to the new spec.
@@ -84,6 +90,12 @@ Price = Annotated[float, Field(ge=0, le=MAX_PRICE_USD)]
 BudgetUsd = Annotated[float, Field(ge=0, le=MAX_BUDGET_USD)]
 BudgetTokens = Annotated[int, Field(ge=0, le=MAX_SPEC_TOKENS)]
 ContextTokens = Annotated[int, Field(ge=1, le=MAX_SPEC_TOKENS)]
+SleepAfter = Annotated[float, Field(ge=0, le=MAX_DURATION_S)]
+SleepLevel = Literal[1, 2]
+Priority = Annotated[int, Field(ge=-1000, le=1000)]
+BufferWorkers = Annotated[int, Field(ge=0, le=MAX_WORKERS)]
+Prewake = Literal["history"]
+MAX_SCHEDULE_WINDOWS = 50
 GpuType = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+$")]
 _STRICT_NUMBERS = ConfigDict(extra="forbid", allow_inf_nan=False)
 
@@ -106,6 +118,26 @@ class Catalog(BaseModel):
     vendor: str | None = Field(default=None, max_length=200)
     display_name: str | None = Field(default=None, max_length=200)
     type: CatalogType | None = None
+
+
+class ScheduleWindow(BaseModel):
+    """A window of provisioned concurrency: from each time `cron` matches (UTC; five fields,
+    or six with seconds last), for `duration_s`, at least `min_workers` workers are up."""
+
+    model_config = _STRICT_NUMBERS
+
+    cron: str = Field(min_length=1, max_length=120)
+    duration_s: Annotated[float, Field(gt=0, le=MAX_DURATION_S)]
+    min_workers: MinWorkers = 1
+
+    @field_validator("cron")
+    @classmethod
+    def _cron(cls, value: str) -> str:
+        from torpor.ladder import cron_valid
+
+        if not cron_valid(value):
+            raise ValueError("must be a cron expression such as '55 8 * * 1-5'")
+        return value
 
 
 def validate_name(value: str) -> str:
@@ -165,6 +197,18 @@ class DeploymentSpec(BaseModel):
     # what it reserves against budgets). Unset: taken from the engine's options where they
     # name it (max_model_len, --n_ctx, --context-length), else TORPOR_DEFAULT_CONTEXT_TOKENS.
     context_tokens: ContextTokens | None = None
+    # The sleep/wake ladder (torpor.ladder): idle this long, a worker sleeps (None: never);
+    # the engine's sleep level where it has levels (vLLM).
+    sleep_after_s: SleepAfter | None = None
+    sleep_level: SleepLevel = 1
+    # GPU residency: under pressure, idle workers of lower priority are evicted first.
+    priority: Priority = 0
+    # Idle workers kept awake above current demand (a warm pool).
+    buffer_workers: BufferWorkers = 0
+    # Windows that raise min_workers (and wake sleeping workers a little ahead).
+    schedule: list[ScheduleWindow] = Field(default_factory=list, max_length=MAX_SCHEDULE_WINDOWS)
+    # "history": wake ahead of the hour of the week when requests usually start.
+    prewake: Prewake | None = None
 
     @field_validator("name")
     @classmethod
@@ -184,6 +228,11 @@ class DeploymentSpec(BaseModel):
     def _consistent(self) -> DeploymentSpec:
         if self.max_workers < self.min_workers:
             raise ValueError("max_workers: must be greater than or equal to min_workers")
+        for i, window in enumerate(self.schedule):
+            if window.min_workers > self.max_workers:
+                raise ValueError(
+                    f"schedule[{i}].min_workers: must be at most max_workers ({self.max_workers})"
+                )
         from torpor.engines import engine_for
         from torpor.engines.describe import default_concurrency
 
@@ -222,6 +271,12 @@ class DeploymentPatch(BaseModel):
     budget_usd_monthly: BudgetUsd | None = None
     budget_tokens_monthly: BudgetTokens | None = None
     context_tokens: ContextTokens | None = None
+    sleep_after_s: SleepAfter | None = None
+    sleep_level: SleepLevel | None = None
+    priority: Priority | None = None
+    buffer_workers: BufferWorkers | None = None
+    schedule: list[ScheduleWindow] | None = Field(default=None, max_length=MAX_SCHEDULE_WINDOWS)
+    prewake: Prewake | None = None
 
     def apply(self, spec: DeploymentSpec) -> DeploymentSpec:
         """The merged spec, validated again as a whole (raises pydantic.ValidationError)."""

@@ -34,6 +34,8 @@ def worker_view(w: Worker, inflight: int) -> dict[str, Any]:
         "spec_version": w.spec_version,
         "inflight": inflight,
         "gpu_ids": w.gpu_ids,
+        "wakes": w.wakes,
+        "last_wake_ms": round(w.last_wake_s * 1000, 1) if w.last_wake_s is not None else None,
     }
 
 

@@ -25,11 +25,14 @@ from torpor.admission import Admission
 from torpor.autoscaler import ScalingView, WorkerView, plan_scaling
 from torpor.controller.model import Deployment, Worker, WorkerMeter
 from torpor.controller.persist import deployment_row, worker_row
+from torpor.controller.sleep import LadderOps
+from torpor.controller.sleep import idle_since as ladder_idle_since
 from torpor.controller.suspects import SuspectChecks
 from torpor.controller.workers import WorkerOps
 from torpor.errors import Conflict, DeploymentUnavailable, NoCapacity, NotFound, UpstreamError
 from torpor.gpus import GpuPool
 from torpor.health import HealthView, Verdict, crash_looping, judge
+from torpor.ladder import Transition
 from torpor.loops import tick_forever
 from torpor.pipeline import SETUP_STATES, JobState, SetupFacts, plan_setup
 from torpor.runtime import Runtime, WorkerHandle
@@ -80,6 +83,8 @@ class Controller:
         self._pending_events: list[dict[str, Any]] = []
         self._closed = False
         self.workers = WorkerOps(self, runtime, gpus, meter)
+        # The sleep/wake ladder, schedules and GPU residency (controller.sleep).
+        self.ladder = LadderOps(self, gpus)
         # Workers that let a request time out, checked by health probes (gateway reports).
         self.suspects = SuspectChecks(self)
         # Stop tasks in flight (the bench waits on them).
@@ -456,23 +461,30 @@ class Controller:
     async def _reconcile(self, dep: Deployment, now: float) -> float | None:
         gate = dep.gate
         spec = dep.spec
+        # The ladder first: sleeping workers it wakes count as starting ones below.
+        rung = self.ladder.step(dep, now)
         views = []
         for w in dep.workers.values():
-            if w.state not in (WorkerState.PROVISIONING, WorkerState.HEALTHY, WorkerState.DRAINING):
+            state = w.state
+            if state is WorkerState.SLEEPING and (
+                w.transition is Transition.TO_WAKE or w.wake_after
+            ):
+                state = WorkerState.PROVISIONING  # waking (or woken once asleep)
+            if state not in (WorkerState.PROVISIONING, WorkerState.HEALTHY, WorkerState.DRAINING):
                 continue
             inflight = gate.inflight.get(w.id, 0)
             idle_since = None
-            if inflight == 0 and w.ready_mono is not None:
-                idle_since = max(w.ready_mono, gate.last_release.get(w.id, 0.0))
-            views.append(WorkerView(w.id, w.state, w.spec_version, inflight, idle_since, w.pending))
+            if inflight == 0 and state is w.state:
+                idle_since = ladder_idle_since(dep, w)
+            views.append(WorkerView(w.id, state, w.spec_version, inflight, idle_since, w.pending))
         plan = plan_scaling(
             ScalingView(
                 spec_version=dep.spec_version,
-                min_workers=spec.min_workers,
+                min_workers=rung.min_workers,
                 max_workers=spec.max_workers,
                 concurrency=spec.concurrency,
                 idle_timeout_s=spec.idle_timeout_s,
-                demand=gate.demand,
+                demand=gate.demand + rung.extra_demand,
                 workers=tuple(views),
                 start_not_before=dep.start_not_before,
                 capacity=self.workers.capacity(spec),
@@ -503,6 +515,8 @@ class Controller:
             if not self.workers.start(dep, now):
                 short += 1
                 break
+        # No device free: evict sleeping, then idle lower-priority workers elsewhere.
+        evicting = short > 0 and refusal is None and self.ladder.evict_for(dep, short)
         dep.waiting_for_gpus = short > 0
         provisioning = [w for w in dep.workers.values() if w.state is WorkerState.PROVISIONING]
         gate.starting = bool(provisioning)
@@ -512,11 +526,13 @@ class Controller:
         )
         # Queued requests fail only when no worker can serve them, nor will soon: a worker
         # draining or still stopping gives its devices back for a successor.
-        stuck = short and not provisioning and not self.workers.freeing(dep)
+        stuck = short and not provisioning and not self.workers.freeing(dep) and not evicting
         if stuck and gate.waiting and not gate.routes:
             gate.fail_waiters(NoCapacity())
         if self._crash_looping(dep) and gate.waiting and not gate.routes:
             gate.fail_waiters(self.crash_error(dep))
+        if rung.wake_at is not None:
+            return rung.wake_at if plan.wake_at is None else min(plan.wake_at, rung.wake_at)
         return plan.wake_at
 
     # -- helpers --------------------------------------------------------------------------

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
 
 from torpor.admission import DeploymentGate
+from torpor.engines.base import SleepMode
+from torpor.ladder import Transition
 from torpor.modelstore import DownloadProgress
 from torpor.pipeline import JobState
 from torpor.runtime import WorkerHandle
@@ -40,6 +43,18 @@ class Worker:
     reason: str | None = None
     exit_code: int | None = None
     dirty: bool = True
+    # The ladder (torpor.ladder, controller.sleep): how this worker sleeps (None: it cannot),
+    # a sleep or wake call in flight, whether its process is frozen, a wake asked for while
+    # it was still going to sleep, when it last went to sleep, began waking and woke.
+    sleep_mode: SleepMode | None = None
+    transition: Transition = Transition.NONE
+    frozen: bool = False
+    wake_after: bool = False
+    asleep_mono: float | None = None
+    wake_started: float | None = None
+    woke_mono: float | None = None
+    wakes: int = 0
+    last_wake_s: float | None = None
 
     @property
     def live(self) -> bool:
@@ -81,6 +96,8 @@ class Deployment:
     setup_run: int = 0
     # Resolved when a delete has finished.
     deleted: asyncio.Future[None] | None = None
+    # Recent wake latencies of its workers, in seconds (the fleet view's wake latency).
+    wake_seconds: deque[float] = field(default_factory=lambda: deque(maxlen=100))
 
     @property
     def name(self) -> str:

@@ -99,6 +99,7 @@ class WorkerOps:
             started_at=utcnow(),
             started_mono=now,
             gpu_ids=gpu_ids,
+            sleep_mode=launch.sleep,
         )
         dep.workers[worker_id] = w
         spec_launch = LaunchSpec(
@@ -215,6 +216,7 @@ class WorkerOps:
         if self.meter is not None:
             self.meter.worker_stopped(w.id, w.stopped_at, reason)
         dep.gate.remove_route(w.id)
+        self.ctl.ladder.thaw(w)  # a frozen process must run to take SIGTERM
         handle, w.handle = w.handle, None
         task = self.spawn(self._terminate(w, handle, w.start_task))
         if state is WorkerState.STOPPED:

@@ -4,10 +4,66 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 if TYPE_CHECKING:
     from torpor.spec import DeploymentSpec
+
+
+@dataclass(frozen=True)
+class HttpCall:
+    """One engine control call torpor makes itself (never reachable through the gateway)."""
+
+    method: str
+    path: str
+    body: dict[str, Any] | None = None
+
+    def __str__(self) -> str:
+        return f"{self.method} {self.path}"
+
+
+@dataclass(frozen=True)
+class SleepMode:
+    """How a worker of an engine sleeps and wakes, and what sleeping frees.
+
+    `http`: the engine's own calls, in order; `freeze`: the worker's process group is
+    stopped (SIGSTOP) and continued (SIGCONT) by torpor.
+    """
+
+    kind: Literal["http", "freeze"]
+    frees: str
+    sleep_calls: tuple[HttpCall, ...] = ()
+    wake_calls: tuple[HttpCall, ...] = ()
+    # Whether the worker still holds its devices while asleep (billed at the GPU rate by
+    # default, and evictable under pressure).
+    holds_devices: bool = True
+
+
+FREEZE = SleepMode("freeze", "CPU time (the process is frozen; its memory stays held)")
+
+
+def vllm_sleep(level: int) -> SleepMode:
+    """vLLM's sleep mode (`--enable-sleep-mode`). Level 1 offloads the weights to CPU RAM
+    and drops the KV cache; level 2 drops both, so waking reloads the weights from disk and
+    the prefix cache must be reset."""
+    if level == 1:
+        return SleepMode(
+            "http",
+            "GPU memory: weights offloaded to CPU RAM, KV cache dropped",
+            (HttpCall("POST", "/sleep?level=1"),),
+            (HttpCall("POST", "/wake_up"),),
+        )
+    return SleepMode(
+        "http",
+        "GPU memory: weights and KV cache dropped (reloaded from disk on wake)",
+        (HttpCall("POST", "/sleep?level=2"),),
+        (
+            HttpCall("POST", "/wake_up?tags=weights"),
+            HttpCall("POST", "/collective_rpc", {"method": "reload_weights"}),
+            HttpCall("POST", "/wake_up?tags=kv_cache"),
+            HttpCall("POST", "/reset_prefix_cache"),
+        ),
+    )
 
 
 @dataclass(frozen=True)
@@ -20,9 +76,8 @@ class EngineLaunch:
     fixed_port: int | None = None
     # The model id the engine answers to (always the deployment's name: no rewriting).
     served_model: str = ""
-    # How to put a worker to sleep and wake it ("POST /sleep?level=1"), where supported.
-    sleep: str | None = None
-    wake: str | None = None
+    # How a worker sleeps and wakes (torpor.ladder); None: it cannot sleep (it stops).
+    sleep: SleepMode | None = None
 
 
 # What every OpenAI-compatible engine serves. Inference keys reach only the routes their

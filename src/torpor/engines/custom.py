@@ -13,7 +13,15 @@ import shlex
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from torpor.engines.base import OPENAI_ROUTES, EngineLaunch, check_str, refuse_unknown_options
+from torpor.engines.base import (
+    FREEZE,
+    OPENAI_ROUTES,
+    EngineLaunch,
+    SleepMode,
+    check_str,
+    refuse_unknown_options,
+    vllm_sleep,
+)
 from torpor.engines.describe import option_names
 from torpor.gpus import FURIOSA, NVIDIA, VISIBLE_DEVICES_ENV
 from torpor.runtime.containers import GPU_IDS, container_runtime, run_options
@@ -26,6 +34,18 @@ _OPTIONS = option_names("custom")  # the described options (torpor.engines.descr
 CONTAINER_MODEL_DIR = "/model"
 CUDA_ENV = VISIBLE_DEVICES_ENV[NVIDIA]
 FURIOSA_ENV = VISIBLE_DEVICES_ENV[FURIOSA]
+
+
+SLEEP_APIS = frozenset({"freeze", "vllm", "none"})
+
+
+def sleep_mode(spec: DeploymentSpec) -> SleepMode | None:
+    """`options.sleep_api`: "freeze" (default: SIGSTOP/SIGCONT), "vllm" (the server speaks
+    vLLM's /sleep and /wake_up) or "none"."""
+    api = spec.options.get("sleep_api", "freeze")
+    if api == "vllm":
+        return vllm_sleep(spec.sleep_level)
+    return FREEZE if api == "freeze" else None
 
 
 class CustomEngine:
@@ -44,6 +64,7 @@ class CustomEngine:
     def validate(self, spec: DeploymentSpec) -> None:
         refuse_unknown_options(self.name, spec.options, _OPTIONS)
         check_str(spec.options, "image")
+        check_str(spec.options, "sleep_api", SLEEP_APIS)
         image = spec.options.get("image")
         if image is not None and container_runtime() is None:
             raise ValueError(
@@ -91,7 +112,13 @@ class CustomEngine:
             if model_path is not None:
                 command = command.replace("{model}", shlex.quote(str(model_path)))
             argv = tuple(shlex.split(command)) + tuple(spec.framework_args)
-            return EngineLaunch(argv, health_path=health, fixed_port=fixed, served_model=spec.name)
+            return EngineLaunch(
+                argv,
+                health_path=health,
+                fixed_port=fixed,
+                served_model=spec.name,
+                sleep=sleep_mode(spec),
+            )
         runtime = container_runtime() or "docker"
         run = [runtime, "run", *run_options()]
         # The container gets these variables by name from the environment of the command
@@ -112,4 +139,12 @@ class CustomEngine:
             command = command.replace("{model}", CONTAINER_MODEL_DIR)
         run.append(str(image))
         argv = (*run, *shlex.split(command), *spec.framework_args)
-        return EngineLaunch(argv, health_path=health, fixed_port=fixed, served_model=spec.name)
+        # Freezing the container CLI would not freeze the container: HTTP sleep only.
+        http = sleep_mode(spec)
+        return EngineLaunch(
+            argv,
+            health_path=health,
+            fixed_port=fixed,
+            served_model=spec.name,
+            sleep=http if http is not None and http.kind == "http" else None,
+        )

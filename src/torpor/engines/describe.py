@@ -290,6 +290,16 @@ FRAMEWORK_INFO: dict[str, FrameworkInfo] = {
                     "/v1/rerank",
                     example=["/v1/rerank"],
                 ),
+                OptionField(
+                    "sleep_api",
+                    "Sleep",
+                    "choice",
+                    "How an idle worker sleeps (sleep_after_s): freeze the process, call "
+                    "vLLM's /sleep and /wake_up, or never sleep.",
+                    "freeze",
+                    choices=("freeze", "vllm", "none"),
+                    example="freeze",
+                ),
             ),
         ),
         FrameworkInfo(

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from torpor.engines.base import EngineLaunch, refuse_unknown_options
+from torpor.engines.base import FREEZE, EngineLaunch, refuse_unknown_options
 
 if TYPE_CHECKING:
     from torpor.spec import DeploymentSpec
@@ -39,5 +39,8 @@ class EmbedEngine:
         argv = [sys.executable, "-m", "torpor.engines.embed_server", "--model", str(model_path)]
         argv += ["--served-model-name", spec.name, "--host", "{host}", "--port", "{port}"]
         return EngineLaunch(
-            tuple(argv + spec.framework_args), health_path="/health", served_model=spec.name
+            tuple(argv + spec.framework_args),
+            health_path="/health",
+            served_model=spec.name,
+            sleep=FREEZE,
         )

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from torpor.engines.base import OPENAI_ROUTES, EngineLaunch, refuse_unknown_options
+from torpor.engines.base import FREEZE, OPENAI_ROUTES, EngineLaunch, refuse_unknown_options
 from torpor.engines.fields import RequestFields
 from torpor.engines.tokens import TokenCall, TokenCalls, prompt_of
 
@@ -63,7 +63,10 @@ class LlamaCppEngine:
             argv = [server, "--model", str(model_path), "--host", "{host}", "--port", "{port}"]
             argv += ["--alias", spec.name, *offload]
             return EngineLaunch(
-                tuple(argv + spec.framework_args), health_path="/health", served_model=spec.name
+                tuple(argv + spec.framework_args),
+                health_path="/health",
+                served_model=spec.name,
+                sleep=FREEZE,
             )
         # llama-cpp-python's server, with torpor's token count route added.
         argv = [sys.executable, "-m", "torpor.llamacpp_worker", "--model", str(model_path)]
@@ -74,5 +77,8 @@ class LlamaCppEngine:
         if spec.gpus:
             argv += ["--n_gpu_layers", "-1"]
         return EngineLaunch(
-            tuple(argv + spec.framework_args), health_path="/v1/models", served_model=spec.name
+            tuple(argv + spec.framework_args),
+            health_path="/v1/models",
+            served_model=spec.name,
+            sleep=FREEZE,
         )

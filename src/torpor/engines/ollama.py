@@ -8,7 +8,14 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from torpor.engines.base import OPENAI_ROUTES, EngineLaunch, check_str, refuse_unknown_options
+from torpor.engines.base import (
+    OPENAI_ROUTES,
+    EngineLaunch,
+    HttpCall,
+    SleepMode,
+    check_str,
+    refuse_unknown_options,
+)
 from torpor.engines.fields import RequestFields
 
 if TYPE_CHECKING:
@@ -52,6 +59,17 @@ class OllamaEngine:
         env = {"OLLAMA_HOST": "{host}:{port}", "OLLAMA_MODELS": str(model_path)}
         # Loaded for as long as the worker lives; torpor scales the worker, not the model.
         env["OLLAMA_KEEP_ALIVE"] = str(spec.options.get("keep_alive", "-1"))
+        # Sleep unloads the model (keep_alive 0: GPU memory freed); wake loads it again.
+        sleep = SleepMode(
+            "http",
+            "GPU memory: the model is unloaded (the server process stays)",
+            (HttpCall("POST", "/api/generate", {"model": spec.name, "keep_alive": 0}),),
+            (HttpCall("POST", "/api/generate", {"model": spec.name, "keep_alive": -1}),),
+        )
         return EngineLaunch(
-            (ollama_exe(), "serve"), health_path="/api/version", env=env, served_model=spec.name
+            (ollama_exe(), "serve"),
+            health_path="/api/version",
+            env=env,
+            served_model=spec.name,
+            sleep=sleep,
         )

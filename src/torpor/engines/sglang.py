@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING
 from torpor.engines.base import (
     OPENAI_ROUTES,
     EngineLaunch,
+    HttpCall,
+    SleepMode,
     validate_model_server,
 )
 from torpor.engines.describe import option_names
@@ -24,6 +26,13 @@ FLAGS = {
     "quantization": "--quantization",
     "gpu_memory_utilization": "--mem-fraction-static",
 }
+# SGLang's memory saver (`--enable-memory-saver`): weights and KV cache leave the GPU.
+SGLANG_SLEEP = SleepMode(
+    "http",
+    "GPU memory: weights and KV cache released (kept in host memory)",
+    (HttpCall("POST", "/release_memory_occupation", {}),),
+    (HttpCall("POST", "/resume_memory_occupation", {}),),
+)
 OPTIONS = option_names("sglang")  # the described options (torpor.engines.describe)
 
 
@@ -62,14 +71,13 @@ class SglangEngine:
         for key, name in FLAGS.items():
             if opts.get(key) is not None:
                 argv += [name, str(opts[key])]
-        sleep = wake = None
-        if opts.get("enable_memory_saver"):
+        sleep = None
+        if opts.get("enable_memory_saver") or spec.sleep_after_s is not None:
             argv.append("--enable-memory-saver")
-            sleep, wake = "POST /release_memory_occupation", "POST /resume_memory_occupation"
+            sleep = SGLANG_SLEEP
         return EngineLaunch(
             tuple(argv + spec.framework_args),
             health_path="/health",
             served_model=spec.name,
             sleep=sleep,
-            wake=wake,
         )

@@ -11,6 +11,7 @@ from torpor.engines.base import (
     EngineLaunch,
     flag,
     validate_model_server,
+    vllm_sleep,
 )
 from torpor.engines.describe import option_names
 from torpor.engines.tokens import TokenCall, TokenCalls, prompt_of
@@ -83,17 +84,16 @@ class VllmEngine:
         util = opts.get("gpu_memory_utilization", DEFAULT_GPU_MEMORY_UTILIZATION)
         argv += ["--gpu-memory-utilization", str(util)]
         env: dict[str, str] = {}
-        sleep = wake = None
-        if opts.get("enable_sleep_mode"):
+        sleep = None
+        if opts.get("enable_sleep_mode") or spec.sleep_after_s is not None:
             argv.append("--enable-sleep-mode")
             # vLLM exposes /sleep and /wake_up only in its server dev mode.
             env["VLLM_SERVER_DEV_MODE"] = "1"
-            sleep, wake = "POST /sleep?level=1", "POST /wake_up"
+            sleep = vllm_sleep(spec.sleep_level)
         return EngineLaunch(
             tuple(argv + spec.framework_args),
             health_path="/health",
             env=env,
             served_model=spec.name,
             sleep=sleep,
-            wake=wake,
         )

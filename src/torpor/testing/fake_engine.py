@@ -44,6 +44,8 @@ from typing import Any, Final
 
 from aiohttp import web
 
+from torpor.testing.fake_sleep import add_sleep_routes, asleep_response
+
 ENV_PREFIX: Final = "FAKE_ENGINE_"
 FAIL_MODES: Final = (
     "none",
@@ -93,6 +95,8 @@ class EngineConfig:
     token_delay_ms: float = 0.0
     first_token_delay_ms: float = 0.0
     startup_delay_ms: float = 0.0
+    sleep_delay_ms: float = 0.0
+    wake_delay_ms: float = 0.0
     fail_mode: str = "none"
     crash_after: int = 1
     think: bool = False
@@ -318,6 +322,9 @@ async def handle_completions(request: web.Request) -> web.StreamResponse:
 async def _handle_completion(request: web.Request, *, chat: bool) -> web.StreamResponse:
     config = request.app[CONFIG_KEY]
     stats = request.app[STATS_KEY]
+    asleep = asleep_response(request.app)
+    if asleep is not None:
+        return asleep
     stats.requests += 1
     stats.active += 1
     finished = False
@@ -496,6 +503,7 @@ def build_app(config: EngineConfig) -> web.Application:
     app.router.add_post("/v1/chat/completions", handle_chat)
     app.router.add_post("/v1/completions", handle_completions)
     app.router.add_post("/v1/embeddings", handle_embeddings)
+    add_sleep_routes(app, config.sleep_delay_ms, config.wake_delay_ms)
     return app
 
 
@@ -588,6 +596,13 @@ def make_parser() -> argparse.ArgumentParser:
         default=_env("startup_delay_ms") or "0",
         help="sleep before binding the port (simulated model load)",
     )
+    for name, what in (("sleep", "POST /sleep"), ("wake", "POST /wake_up")):
+        parser.add_argument(
+            f"--{name}-delay-ms",
+            type=_non_negative_float,
+            default=_env(f"{name}_delay_ms") or "0",
+            help=f"time {what} takes (vLLM's sleep API)",
+        )
     parser.add_argument(
         "--fail-mode",
         type=_fail_mode,
@@ -628,6 +643,8 @@ def parse_config(argv: Sequence[str] | None = None) -> EngineConfig:
         token_delay_ms=args.token_delay_ms,
         first_token_delay_ms=args.first_token_delay_ms,
         startup_delay_ms=args.startup_delay_ms,
+        sleep_delay_ms=args.sleep_delay_ms,
+        wake_delay_ms=args.wake_delay_ms,
         fail_mode=fail_mode,
         crash_after=crash_after,
         think=args.think,
