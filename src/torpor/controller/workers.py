@@ -19,7 +19,7 @@ from torpor.controller.model import Deployment, Worker, WorkerMeter
 from torpor.engines import engine_for
 from torpor.gpus import VISIBLE_DEVICES_ENV, GpuPool
 from torpor.logs import tail_lines
-from torpor.modelstore.placement import fetched_per_node, placement_for
+from torpor.modelstore.placement import fetch_into_node_cache, fetched_per_node, placement_for
 from torpor.runtime import LaunchSpec, Runtime, WorkerHandle
 from torpor.runtime.base import MODEL_ON_NODE, NodeModel, Resources
 from torpor.spec import DeploymentSpec
@@ -114,7 +114,9 @@ class WorkerOps:
             device_env=device_env,
             resources=Resources(spec.gpus, spec.accelerator, spec.gpu_type, WORKER_CPUS),
             spec_version=dep.spec_version,
-            model=NodeModel(spec.model_dump(mode="json"), needs_model) if on_node else None,
+            model=NodeModel(fetch_into_node_cache, (spec.model_dump(mode="json"), needs_model))
+            if on_node
+            else None,
         )
         task = asyncio.create_task(self.runtime.start(spec_launch), name=f"start-{worker_id}")
         w.start_task = task

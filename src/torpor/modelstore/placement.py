@@ -18,17 +18,16 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
-import os
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from torpor.modelstore.sources import SourceKind, source_for
+from torpor.runtime.base import node_cache_root
 
 if TYPE_CHECKING:
     from torpor.spec import DeploymentSpec
 
-NODE_CACHE_ENV = "TORPOR_NODE_CACHE"
 DOWNLOADED = frozenset({SourceKind.HUGGINGFACE, SourceKind.OLLAMA})
 
 
@@ -50,11 +49,6 @@ def fetched_per_node(placement: Placement, spec: DeploymentSpec, needs_model: bo
     if placement is not Placement.NODE:
         return False
     return source_for(spec, needs_model).kind in DOWNLOADED
-
-
-def node_cache_root(default: str) -> Path:
-    """The node's cache directory: its own TORPOR_NODE_CACHE wins over torpor's setting."""
-    return Path(os.environ.get(NODE_CACHE_ENV) or default)
 
 
 def fetch_into_node_cache(

@@ -11,7 +11,8 @@ implement it.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+import os
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -34,17 +35,26 @@ class Resources:
 
 # In argv and env values: the model's path on the node, once fetched there (`NodeModel`).
 MODEL_ON_NODE = "{model}"
+# A node's own cache directory (worker logs, models fetched for that node), as the node's
+# environment sets it; torpor's TORPOR_NODE_CACHE is the default.
+NODE_CACHE_ENV = "TORPOR_NODE_CACHE"
+
+
+def node_cache_root(default: str) -> Path:
+    """On a node: its cache directory (its own TORPOR_NODE_CACHE wins over torpor's)."""
+    return Path(os.environ.get(NODE_CACHE_ENV) or default)
 
 
 @dataclass(frozen=True)
 class NodeModel:
     """A model each node fetches for its own workers (a cluster without shared storage):
-    the runtime fetches it on the node the worker lands on, before the engine starts, and
-    puts its path there in place of `MODEL_ON_NODE`."""
+    the runtime runs `fetch(*args, node_cache_default)` on the node the worker lands on,
+    before the engine starts, and puts the path it returns (`{"path": ..., "downloaded":
+    bool, ...}`) in place of `MODEL_ON_NODE`. The caller passes the function in, so a
+    runtime needs no model store."""
 
-    # The deployment's spec as JSON (what the model store needs on the node).
-    spec: dict[str, Any]
-    needs_model: bool
+    fetch: Callable[..., dict[str, Any]]
+    args: tuple[Any, ...]
 
 
 @dataclass(frozen=True)

@@ -160,14 +160,12 @@ class RayRuntime:
         ray = _ray()
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-        from torpor.modelstore.placement import fetch_into_node_cache
-
-        task = ray.remote(fetch_into_node_cache).options(
+        task = ray.remote(model.fetch).options(
             scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False),
             num_cpus=0,
             max_retries=0,
         )
-        ref = task.remote(model.spec, model.needs_model, str(self._node_dir))
+        ref = task.remote(*model.args, str(self._node_dir))
         try:
             got: dict[str, Any] = await asyncio.wrap_future(ref.future())
         except Exception as exc:

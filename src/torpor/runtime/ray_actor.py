@@ -22,7 +22,7 @@ from typing import Any
 
 import psutil
 
-from torpor.modelstore.placement import node_cache_root
+from torpor.runtime.base import node_cache_root
 from torpor.runtime.workerenv import worker_env
 
 # The most log bytes one read returns (the reader asks again for the rest).
