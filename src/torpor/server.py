@@ -15,8 +15,8 @@ import sys
 
 import uvicorn
 
+from torpor.app import TorporApp, create_app
 from torpor.auth import check_admin_key
-from torpor.gateway.app import TorporApp, create_app
 from torpor.settings import Settings
 
 log = logging.getLogger(__name__)
