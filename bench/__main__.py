@@ -21,9 +21,11 @@ from bench.report import Result, Target, write, write_summary
 
 BENCHMARKS = (
     "overhead", "coldstart", "burst", "controlplane", "affinity", "metering", "profile",
+    "ladder",
 )  # fmt: skip
-# The profiler run needs py-spy and takes a while: part of `all` in full runs only.
-SMOKE_SKIPS = ("profile",)
+# The profiler run needs py-spy and takes a while, the ladder's replay waits on 20 s boots:
+# part of `all` in full runs only.
+SMOKE_SKIPS = ("profile", "ladder")
 
 Runner = Callable[[Path, bool, Path], Coroutine[Any, Any, Result]]
 
