@@ -19,7 +19,6 @@ from torpor.asyncreq.policy import engine_body
 from torpor.asyncreq.service import poll_url
 from torpor.asyncreq.views import accepted_view
 from torpor.errors import Forbidden, NotFound
-from torpor.gateway.dispatch import UpstreamRequest
 from torpor.paths import check_route
 from torpor.validation import JsonObject
 
@@ -80,17 +79,9 @@ async def submit(
     payload = engine_body(orjson.dumps(body.input), name if openai_route else None)
     headers = {"content-type": "application/json"}
     headers.update({h: v for h in _FORWARD if (v := request.headers.get(h)) is not None})
-    req = UpstreamRequest(
-        key=key,
-        deployment=name,
-        method="POST",
-        path=path,
-        body=payload,
-        headers=headers,
-        stream=False,
-        session_id=request.headers.get("x-session-id"),
+    row = await svc.async_requests.submit_post(
+        key, name, path, payload, headers, request.headers.get("x-session-id"), body.webhook_url
     )
-    row = await svc.async_requests.submit(req, body.webhook_url)
     return JSONResponse(accepted_view(row, poll_url(row, via_deployment=True)), status_code=202)
 
 

@@ -144,6 +144,30 @@ class AsyncRequests:
         self.runner.wake()
         return row
 
+    async def submit_post(
+        self,
+        key: ApiKey,
+        deployment: str,
+        path: str,
+        body: bytes,
+        headers: dict[str, str],
+        session_id: str | None,
+        webhook_url: str | None,
+    ) -> AsyncRequestRow:
+        """A JSON `POST path` for the deployment's workers, from the control API's submit
+        route (which knows nothing of the data path's request type)."""
+        req = UpstreamRequest(
+            key=key,
+            deployment=deployment,
+            method="POST",
+            path=path,
+            body=body,
+            headers=headers,
+            stream=False,
+            session_id=session_id,
+        )
+        return await self.submit(req, webhook_url)
+
     async def submit_openai(self, req: UpstreamRequest, webhook_url: str | None) -> dict[str, Any]:
         """The X-Async branch of the proxy: the 202 body."""
         row = await self.submit(req, webhook_url)
