@@ -85,9 +85,9 @@ def test_plan_in_dollars_uses_exact_decimals() -> None:
 def test_with_limit_keeps_the_field_the_request_used() -> None:
     body = orjson.dumps({"model": "m", "max_completion_tokens": 500})
     ask = ask_of(CHAT, orjson.loads(body))
-    assert orjson.loads(with_limit(body, ask, 7))["max_completion_tokens"] == 7
+    assert orjson.loads(with_limit(orjson.loads(body), ask, 7))["max_completion_tokens"] == 7
     ask = ask_of("/v1/responses", {"input": "hi"})
-    assert orjson.loads(with_limit(b'{"input":"hi"}', ask, 7))["max_output_tokens"] == 7
+    assert orjson.loads(with_limit({"input": "hi"}, ask, 7))["max_output_tokens"] == 7
 
 
 def test_context_limit_from_spec_options_or_args() -> None:

@@ -8,6 +8,12 @@ tokens depend on the chat format (template, special tokens, a default system mes
 has the prompt's tokens and returns their number, so the count equals the `prompt_tokens`
 of the same request answered without streaming.
 
+The route does not wait for the request the engine is running (llama-cpp-python holds one
+lock for a whole generation): tokenizing reads only the model's vocabulary, never the
+context a generation is using, as llama-server also tokenizes in its HTTP threads while a
+slot decodes. So torpor can count a prompt before reserving it against a budget while the
+worker is busy.
+
 Run as `python -m torpor.llamacpp_worker <llama_cpp.server arguments>`. The route is an
 engine control route: torpor calls it on the worker, callers never reach it.
 """
@@ -16,7 +22,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import Body, Depends
+from fastapi import Body, HTTPException
 from llama_cpp.server import app as server_app
 from llama_cpp.server.__main__ import main
 
@@ -81,14 +87,21 @@ def _handler_by_name(name: str) -> Any:
     return llama_chat_format.get_chat_completion_handler(name)
 
 
+def _loaded_llama() -> Any:
+    """The model this worker serves, without taking the generation lock (see the module);
+    a worker serves one model, loaded before the server answers."""
+    proxy = server_app._llama_proxy
+    llama = getattr(proxy, "_current_model", None)
+    if llama is None:
+        raise HTTPException(503, "model not loaded")
+    return llama
+
+
 @server_app.router.post(COUNT_ROUTE, include_in_schema=False)
 async def tokenize_count(
     body: dict[str, Any] = Body(...),  # noqa: B008 (FastAPI's way to declare a body)
-    llama_proxy: Any = Depends(server_app.get_llama_proxy),  # noqa: B008
 ) -> dict[str, int]:
-    model = body.get("model")
-    llama = llama_proxy(model if isinstance(model, str) else None)
-    return {"count": count_tokens(llama, body)}
+    return {"count": count_tokens(_loaded_llama(), body)}
 
 
 if __name__ == "__main__":

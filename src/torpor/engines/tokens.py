@@ -57,3 +57,13 @@ def prompt_of(route: str, payload: dict[str, Any]) -> dict[str, Any] | None:
     if route == "/v1/completions" and isinstance(payload.get("prompt"), str):
         return {"prompt": payload["prompt"]}
     return None
+
+
+def prompt_call(
+    engine: object, model: str, route: str, payload: dict[str, Any]
+) -> TokenCall | None:
+    """The call that counts a request's prompt with the engine's tokenizer, or None."""
+    if not isinstance(engine, CountsTokens):
+        return None
+    calls = engine.token_calls(model, route, payload, "")
+    return calls.prompt if calls is not None else None

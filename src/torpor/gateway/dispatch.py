@@ -19,14 +19,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Protocol
+from typing import Any, Protocol
 
 import aiohttp
 import orjson
 
 from torpor.admission import DeploymentGate, Lease
 from torpor.auth import ApiKey
-from torpor.engines.tokens import TokenCalls
+from torpor.engines.tokens import TokenCall, TokenCalls
 from torpor.errors import (
     DeploymentUnavailable,
     InferenceTimeout,
@@ -35,7 +35,7 @@ from torpor.errors import (
     error_body,
 )
 from torpor.gateway.engine_errors import engine_error
-from torpor.gateway.tokens import count_tokens
+from torpor.gateway.tokens import count_prompt, count_tokens
 from torpor.metering.meter import RequestUsage, Reservation
 from torpor.metering.sse import StreamUsage
 
@@ -88,6 +88,12 @@ class UpstreamRequest:
     count_tokens: Callable[[str], TokenCalls | None] | None = None
     # The route the usage record names when the path holds an id ("/v1/videos/{video_id}").
     metered_route: str | None = None
+    # The body as the proxy parsed it (what `body` holds), so a budget's reservation does
+    # not parse it again; None: parsed when a budget needs it (async requests).
+    payload: dict[str, Any] | None = None
+    # Parsed body -> the engine's call that counts its prompt (torpor.engines.tokens), made
+    # before reserving it against a budget; None when the engine cannot count.
+    count_prompt: Callable[[dict[str, Any]], TokenCall | None] | None = None
 
     @property
     def route(self) -> str:
@@ -95,7 +101,16 @@ class UpstreamRequest:
 
 
 class UsageMeter(Protocol):
-    def admit(self, key: ApiKey, deployment: str, route: str, body: bytes) -> Reservation: ...
+    def budgeted(self, key: ApiKey, deployment: str) -> bool: ...
+
+    def admit(
+        self,
+        key: ApiKey,
+        deployment: str,
+        route: str,
+        payload: dict[str, Any],
+        prompt_tokens: int | None = None,
+    ) -> Reservation: ...
 
     def serving(self, worker_id: str, key_id: str, cold: bool) -> Callable[[], None]: ...
 
@@ -159,6 +174,14 @@ def _usage_of(body: bytes) -> tuple[int, int] | None:
     return int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
 
 
+def _json_object(body: bytes) -> dict[str, Any]:
+    try:
+        payload = orjson.loads(body) if body else {}
+    except orjson.JSONDecodeError:
+        return {}
+    return payload if isinstance(payload, dict) else {}
+
+
 class _WorkerUnreachable(Exception):
     """The worker failed before any byte reached the client: safe to try another."""
 
@@ -173,6 +196,9 @@ class Dispatcher:
     connect_timeout_s: float
     # None turns metering off (the benchmark compares both).
     meter: UsageMeter | None = None
+    # (deployment, worker): a request on this worker got no answer in time; the controller
+    # checks the worker's health (torpor.controller.suspects).
+    on_worker_timeout: Callable[[str, str], None] | None = None
 
     def gate(self, deployment: str) -> DeploymentGate:
         gate = self.gate_for(deployment)
@@ -185,9 +211,9 @@ class Dispatcher:
     async def dispatch(self, req: UpstreamRequest, out: Sink) -> None:
         meter = self.meter
         gate = self.gate(req.deployment)
-        hold = meter.admit(req.key, req.deployment, req.route, req.body) if meter else None
-        if hold is not None and hold.body is not None:
-            req.body = hold.body  # the completion limit lowered to what the budget has left
+        hold = None
+        if meter is not None and meter.budgeted(req.key, req.deployment):
+            hold = await self._reserve(meter, gate, req)
         trace = _Trace(cold=not gate.routes)
         try:
             await self._forward(gate, req, out, trace)
@@ -222,6 +248,8 @@ class Dispatcher:
             served = meter.serving(lease.worker_id, req.key.id, trace.cold) if meter else None
             try:
                 await call.run(lease, out)
+                if trace.status == InferenceTimeout.status:  # in-band, mid-stream
+                    self._timed_out(req.deployment, lease.worker_id)
                 return
             except _WorkerUnreachable as exc:
                 log.warning(
@@ -237,13 +265,36 @@ class Dispatcher:
                     req.route,
                     self.request_timeout_s,
                 )
-                self.on_worker_broken(req.deployment)  # the controller looks at it now
+                self._timed_out(req.deployment, lease.worker_id)  # the controller checks it
                 raise
             finally:
                 lease.release()
                 if served is not None:
                     served()  # chargeback: the worker's busy time of this request ends
         raise UpstreamError("No worker of this deployment could be reached, please retry")
+
+    async def _reserve(
+        self, meter: UsageMeter, gate: DeploymentGate, req: UpstreamRequest
+    ) -> Reservation:
+        """Reserve the request against its budgets: its prompt counted by the engine on a
+        worker that is up (when the engine can count; the upper estimate otherwise, or
+        when the count fails or takes too long) and its completion limit."""
+        payload = req.payload if req.payload is not None else _json_object(req.body)
+        call = req.count_prompt(payload) if req.count_prompt is not None else None
+        counted = None
+        if call is not None and gate.routes:
+            url = next(iter(gate.routes.values())).url
+            counted = await count_prompt(self.http(), url, call)
+        hold = meter.admit(req.key, req.deployment, req.route, payload, counted)
+        if hold.body is not None:
+            req.body = hold.body  # the completion limit lowered to what the budget has left
+        return hold
+
+    def _timed_out(self, deployment: str, worker_id: str) -> None:
+        if self.on_worker_timeout is not None:
+            self.on_worker_timeout(deployment, worker_id)
+        else:
+            self.on_worker_broken(deployment)
 
     def timeout_error(self) -> InferenceTimeout:
         return InferenceTimeout(f"Inference timed out after {self.request_timeout_s:g}s")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
@@ -21,7 +22,7 @@ import orjson
 from torpor.auth import ApiKey, KeyRing
 from torpor.engines.base import Engine, route_allowed
 from torpor.engines.fields import normalise, request_fields_of
-from torpor.engines.tokens import token_counter
+from torpor.engines.tokens import prompt_call, token_counter
 from torpor.errors import (
     BadRequest,
     DeploymentUnavailable,
@@ -285,6 +286,12 @@ class Proxy:
                 if stream and payload is not None and path in _METERED_STREAMS
                 else None
             ),
+            payload=payload,
+            count_prompt=(
+                functools.partial(prompt_call, engine, deployment, path)
+                if engine is not None and path in _METERED_STREAMS
+                else None
+            ),
         )
         if deps.async_submit is not None and (_header(headers, b"x-async") or "").lower() in _TRUE:
             if deps.dispatcher.meter is not None:
@@ -316,6 +323,9 @@ class Proxy:
             arrived=arrived,
             prepare=lambda chat: normalise(chat, route, fields),
             counter=lambda chat: token_counter(engine, deployment, route, chat),
+            count_prompt=(
+                functools.partial(prompt_call, engine, deployment, route) if engine else None
+            ),
         )
         if deps.dispatcher.meter is not None:
             deps.dispatcher.meter.check(key, deployment)

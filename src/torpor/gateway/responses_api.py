@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import orjson
 
 from torpor.auth import ApiKey
-from torpor.engines.tokens import TokenCalls
+from torpor.engines.tokens import TokenCall, TokenCalls
 from torpor.errors import NotFound, TorporError, error_body
 from torpor.gateway.dispatch import BufferedResponse, Dispatcher, Sink, UpstreamRequest
 from torpor.gateway.responses import (
@@ -44,6 +44,8 @@ class ChatCall:
     # Engine-specific rewriting of the chat body (request fields), and token counting.
     prepare: Callable[[JSON], object]
     counter: Callable[[JSON], Callable[[str], TokenCalls | None] | None]
+    # Chat body -> the engine's call that counts its prompt, for budget reservations.
+    count_prompt: Callable[[JSON], TokenCall | None] | None = None
 
 
 class ResponsesApi:
@@ -87,6 +89,8 @@ class ResponsesApi:
             want_usage_chunk=stream,
             max_tokens=max_tokens if isinstance(max_tokens, int) else None,
             count_tokens=call.counter(turn.chat) if stream else None,
+            payload=turn.chat,
+            count_prompt=call.count_prompt,
         )
         response_id = new_id("resp")
         keep = body.get("store") is not False

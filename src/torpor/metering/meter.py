@@ -18,11 +18,9 @@ import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterable
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
-import orjson
 from sqlalchemy import func, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -42,7 +40,7 @@ from torpor.metering.records import (
     nano_usd,
     new_month,
 )
-from torpor.metering.reserve import Grant, Left, ask_of, plan, with_limit
+from torpor.metering.reserve import Grant, ask_of, left_of, plan, with_limit
 from torpor.metering.tables import (
     GpuHourlyRow,
     StorageHourlyRow,
@@ -219,16 +217,32 @@ class Meter:
 
     # -- request path ---------------------------------------------------------------------
 
-    def admit(self, key: ApiKey, deployment: str, route: str, body: bytes) -> Reservation:
+    def budgeted(self, key: ApiKey, deployment: str) -> bool:
+        """Whether any budget applies to this request: without one, the request path does
+        no budget work at all (no body read, no count, no reservation)."""
+        return (
+            key.budget_usd_monthly is not None
+            or key.budget_tokens_monthly is not None
+            or key.budget_gpu_usd_monthly is not None
+            or self.caps_for_deployment(deployment).any
+        )
+
+    def admit(
+        self,
+        key: ApiKey,
+        deployment: str,
+        route: str,
+        payload: dict[str, Any],
+        prompt_tokens: int | None = None,
+    ) -> Reservation:
         """Refuse when a budget is spent, or when this request cannot fit in what is left;
-        otherwise reserve its prompt (upper estimate) and completion limit until it ends,
-        lowering that limit to what the tightest budget has left (torpor.metering.reserve).
-        Requests under no budget reserve nothing and their body is not read."""
+        otherwise reserve its prompt (`prompt_tokens` as the engine counted it, else the
+        upper estimate from the parsed body) and completion limit until it ends, lowering
+        that limit to what the tightest budget has left (torpor.metering.reserve)."""
         self._roll_month()
         key_caps = Caps(key.budget_usd_monthly, key.budget_tokens_monthly)
         dep_caps = self.caps_for_deployment(deployment)
-        gpu_cap = key.budget_gpu_usd_monthly
-        if not key_caps.any and not dep_caps.any and gpu_cap is None:
+        if not key_caps.any and not dep_caps.any and key.budget_gpu_usd_monthly is None:
             return Reservation(key.id, deployment, 0, 0.0, released=True)
         key_spent = _plus(self._month.by_key.get(key.id), self._reserved_key.get(key.id))
         dep_spent = _plus(
@@ -236,20 +250,16 @@ class Meter:
         )
         self._refuse_if_spent(key, deployment, key_spent, key_caps, dep_spent, dep_caps)
         lefts = [
-            _left(f"key {key.name!r}", key_spent, key_caps),
-            _left(f"deployment {deployment!r}", dep_spent, dep_caps),
+            left_of(f"key {key.name!r}", key_spent, key_caps),
+            left_of(f"deployment {deployment!r}", dep_spent, dep_caps),
         ]
-        try:
-            payload = orjson.loads(body) if body else {}
-        except orjson.JSONDecodeError:
-            payload = {}
-        ask = ask_of(route, payload if isinstance(payload, dict) else {})
+        ask = ask_of(route, payload, prompt_tokens)
         grant = plan(ask, self.prices_for(deployment), self.context_for(deployment), lefts)
         if isinstance(grant, str):
             raise BudgetExceeded(grant)
         hold = self._hold(key.id, deployment, grant)
         if grant.set_limit is not None:
-            hold.body = with_limit(body, ask, grant.set_limit)
+            hold.body = with_limit(payload, ask, grant.set_limit)
         return hold
 
     def check(self, key: ApiKey, deployment: str) -> None:
@@ -579,20 +589,6 @@ def _nothing() -> None:
 def _plus(a: Spent | None, b: Spent | None) -> Spent:
     a, b = a or Spent(), b or Spent()
     return Spent(a.usd + b.usd, a.tokens + b.tokens)
-
-
-def _left(who: str, spent: Spent, caps: Caps) -> Left:
-    usd = None
-    if caps.usd is not None:
-        usd = Decimal(repr(caps.usd)) - Decimal(repr(spent.usd))
-    tokens = caps.tokens - spent.tokens if caps.tokens is not None else None
-    return Left(
-        who,
-        tokens=tokens,
-        usd=usd,
-        cap_tokens=caps.tokens,
-        cap_usd=Decimal(repr(caps.usd)) if caps.usd is not None else None,
-    )
 
 
 def _utc(at: datetime) -> datetime:

@@ -3,8 +3,9 @@
 Pure functions of (the request, prices, the deployment's context limit, what is left of
 each budget): no clock, no I/O. The meter calls them with its month-to-date totals.
 
-The prompt is reserved at an upper estimate read from the body: the UTF-8 bytes of its
-text (every byte-level BPE or byte-fallback SentencePiece tokenizer makes at most one
+The prompt is reserved at its exact size when the engine has a tokenizer torpor can ask
+(the gateway counts it on a worker first, torpor.gateway.tokens; `Ask.counted`), else at an
+upper estimate read from the body: the UTF-8 bytes of its text (every byte-level BPE or byte-fallback SentencePiece tokenizer makes at most one
 token per byte), plus `PER_MESSAGE_TOKENS` for each chat message and `BASE_TOKENS` for the
 chat template. Non-text parts (images, audio) count the bytes of their JSON, which bounds
 inline data but not a remote image URL. The completion is reserved at the request's own
@@ -21,6 +22,7 @@ from typing import Any
 
 import orjson
 
+from torpor.metering.budget import Caps, Spent
 from torpor.metering.pricing import Prices
 
 # Chat template tokens around each message (role markers, separators) and around the whole
@@ -51,6 +53,8 @@ class Ask:
     # The request's own completion limit, and the field that carries it.
     max_tokens: int | None
     limit_field: str | None
+    # True when `prompt_tokens` is the engine's own count, not the upper estimate.
+    counted: bool = False
 
 
 @dataclass(frozen=True)
@@ -111,7 +115,21 @@ def prompt_upper_bound(route: str, payload: dict[str, Any]) -> int:
     return 0
 
 
-def ask_of(route: str, payload: dict[str, Any]) -> Ask:
+def left_of(who: str, spent: Spent, caps: Caps) -> Left:
+    """What is left of `caps` after `spent` (spent and reserved), exactly."""
+    cap_usd = Decimal(repr(caps.usd)) if caps.usd is not None else None
+    return Left(
+        who,
+        tokens=caps.tokens - spent.tokens if caps.tokens is not None else None,
+        usd=cap_usd - Decimal(repr(spent.usd)) if cap_usd is not None else None,
+        cap_tokens=caps.tokens,
+        cap_usd=cap_usd,
+    )
+
+
+def ask_of(route: str, payload: dict[str, Any], counted: int | None = None) -> Ask:
+    """What a request asks for: its prompt (`counted` by the engine when given, else the
+    upper estimate) and its own completion limit."""
     limit: int | None = None
     field: str | None = None
     for name in _LIMIT_FIELDS:
@@ -119,6 +137,8 @@ def ask_of(route: str, payload: dict[str, Any]) -> Ask:
         if isinstance(value, int) and not isinstance(value, bool) and value > 0:
             limit, field = value, name
             break
+    if counted is not None:
+        return Ask(route, counted, limit, field, counted=True)
     return Ask(route, prompt_upper_bound(route, payload), limit, field)
 
 
@@ -142,6 +162,7 @@ def plan(ask: Ask, prices: Prices, context_limit: int, lefts: list[Left]) -> Gra
         completion = 0
     prompt = ask.prompt_tokens
     need = 1 if generating else 0
+    size = f"{prompt} tokens, counted by the engine" if ask.counted else f"up to {prompt} tokens"
     budget_limit: int | None = None
     p_rate = Decimal(str(prices.prompt_per_mtok)) / _MILLION
     c_rate = Decimal(str(prices.completion_per_mtok)) / _MILLION
@@ -152,7 +173,7 @@ def plan(ask: Ask, prices: Prices, context_limit: int, lefts: list[Left]) -> Gra
             room = left.tokens - prompt
             if room < need:
                 return (
-                    f"Budget exceeded for {left.who}: the prompt (up to {prompt} tokens) and "
+                    f"Budget exceeded for {left.who}: the prompt ({size}) and "
                     f"{need} completion token(s) do not fit in the {left.tokens} tokens left "
                     f"of {left.cap_tokens}"
                 )
@@ -163,7 +184,7 @@ def plan(ask: Ask, prices: Prices, context_limit: int, lefts: list[Left]) -> Gra
             room_usd = left.usd - prompt * p_rate
             if room_usd < need * c_rate:
                 return (
-                    f"Budget exceeded for {left.who}: the prompt (up to {prompt} tokens, "
+                    f"Budget exceeded for {left.who}: the prompt ({size}, "
                     f"${prompt * p_rate:.6f}) and {need} completion token(s) do not fit in the "
                     f"${left.usd:.6f} left of ${left.cap_usd}"
                 )
@@ -177,15 +198,14 @@ def plan(ask: Ask, prices: Prices, context_limit: int, lefts: list[Left]) -> Gra
     return Grant(prompt, completion, _usd(prompt, completion, prices), set_limit)
 
 
-def with_limit(body: bytes, ask: Ask, limit: int) -> bytes:
-    """The request body with its completion limit set to `limit` (in the field it used,
-    else `max_tokens`, or `max_output_tokens` for the Responses API)."""
-    payload = orjson.loads(body)
+def with_limit(payload: dict[str, Any], ask: Ask, limit: int) -> bytes:
+    """The request body (the parsed `payload`, left as it is) with its completion limit set
+    to `limit` (in the field it used, else `max_tokens`, or `max_output_tokens` for the
+    Responses API)."""
     field = ask.limit_field
     if field is None:
         field = "max_output_tokens" if ask.route == "/v1/responses" else "max_tokens"
-    payload[field] = limit
-    return orjson.dumps(payload)
+    return orjson.dumps({**payload, field: limit})
 
 
 _CONTEXT_FLAGS = ("--n_ctx", "--n-ctx", "--ctx-size", "-c", "--context-length", "--max-model-len")
