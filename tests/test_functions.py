@@ -226,9 +226,10 @@ def test_cli_deploy_run_and_apps(server: TorporServer, tmp_path: Path) -> None:
     assert torpor("apps", "rm", "demo", "-y", env=env, check=1).returncode == 1
 
 
-def test_gpu_strings_and_image_ids() -> None:
-    from torpor.functions.gpu import GpuRequest, parse_gpu, type_matches
+def test_gpu_strings_and_image_ids(tmp_path: Path) -> None:
+    from torpor.functions.gpu import GpuRequest, parse_gpu
     from torpor.functions.image import Image
+    from torpor.gpus import matches_model
 
     assert parse_gpu(None) == GpuRequest(0)
     assert parse_gpu("L4") == GpuRequest(1, ("L4",))
@@ -238,8 +239,11 @@ def test_gpu_strings_and_image_ids() -> None:
     for bad in ("H100:0", "two gpus", ["any", "L4"], ["A100:2", "H100"], []):
         with pytest.raises(ValueError):
             parse_gpu(bad)
-    assert type_matches(["A100"], "A100-80GB") and type_matches([], "anything")
-    assert type_matches(["h100"], "NVIDIA H100 80GB HBM3") and not type_matches(["L4"], "A100")
+    assert parse_gpu(["A100", "H100"]).gpu_type == "A100,H100" and parse_gpu("any").gpu_type is None
+    # The spec's gpu_type (a list is kept comma-separated) as the inventory matches it.
+    assert matches_model("A100-80GB", "A100") and matches_model("A100-80GB", "H100,A100")
+    assert matches_model("NVIDIA H100 80GB HBM3", "h100") and not matches_model("A100", "L4")
+    assert not matches_model("L40S", "L4") and not matches_model("A100-80GB", "H100,L4")
 
     base = Image.python("3.11").pip_install("six")
     assert base.id == Image.python("3.11").pip_install("six").id  # content-addressed
@@ -248,3 +252,22 @@ def test_gpu_strings_and_image_ids() -> None:
     assert Image.from_definition(base.definition()) == base
     with pytest.raises(ValueError):
         Image.python("three")
+
+    # Local files: identified by content and destination, not by where they come from.
+    data = tmp_path / "a.txt"
+    data.write_text("one")
+    with_file = base.add_local_file(data, "data/a.txt")
+    assert with_file.id != base.id
+    assert with_file.id == base.add_local_file(data, "./data/a.txt").id
+    assert with_file.id != base.add_local_file(data, "data/b.txt").id
+    copy = tmp_path / "copy.txt"
+    copy.write_text("one")
+    assert with_file.id == base.add_local_file(copy, "data/a.txt").id
+    assert Image.from_definition(with_file.definition()).id == with_file.id
+    data.write_text("two")
+    assert base.add_local_file(data, "data/a.txt").id != with_file.id
+    with pytest.raises(ValueError, match="changed after"):
+        with_file.contents()
+    for bad in ("/etc/passwd", "../up", "code/x.py", ""):
+        with pytest.raises(ValueError):
+            base.add_local_file(copy, bad)

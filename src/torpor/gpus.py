@@ -97,14 +97,28 @@ def detect_nvidia() -> list[Device]:
     return devices
 
 
+def wanted_types(wanted: str) -> list[str]:
+    """The acceptable device models of a spec's `gpu_type` ("A100,L4" → ["A100", "L4"])."""
+    return [t.strip() for t in wanted.split(",") if t.strip()]
+
+
 def matches_model(device_model: str, wanted: str) -> bool:
-    """`H100` matches `NVIDIA H100 80GB HBM3` and `H100-80GB`; case and separators aside."""
+    """`H100` matches `NVIDIA H100 80GB HBM3` and `H100-80GB`; case and separators aside;
+    `L4` does not match `L40S`.
+    `wanted` may list acceptable models, comma-separated: any of them matches."""
 
     def norm(text: str) -> str:
         return re.sub(r"[^a-z0-9]+", " ", text.lower()).strip()
 
-    have, want = f" {norm(device_model)} ", norm(wanted)
-    return bool(want) and (f" {want} " in have or have.strip().startswith(want))
+    have = f" {norm(device_model)} "
+    for want in map(norm, wanted_types(wanted)):
+        if want and f" {want} " in have:
+            return True
+        # A prefix ("H100" of "H100SXM"), but not another number ("L4" of "L40S").
+        rest = have.strip().removeprefix(want)
+        if want and rest != have.strip() and not rest[:1].isdigit():
+            return True
+    return False
 
 
 class GpuPool:

@@ -7,6 +7,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     ValidationError,
@@ -96,7 +97,21 @@ Priority = Annotated[int, Field(ge=-1000, le=1000)]
 BufferWorkers = Annotated[int, Field(ge=0, le=MAX_WORKERS)]
 Prewake = Literal["history"]
 MAX_SCHEDULE_WINDOWS = 50
-GpuType = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+$")]
+
+
+def _join_gpu_types(value: Any) -> Any:
+    """A list of acceptable GPU types is kept as one comma-separated string."""
+    if isinstance(value, list | tuple) and all(isinstance(v, str) for v in value):
+        return ",".join(v.strip() for v in value)
+    return value
+
+
+# One device model ("L4") or several acceptable ones ("A100,H100", or a JSON list of them).
+GpuType = Annotated[
+    str,
+    BeforeValidator(_join_gpu_types),
+    Field(min_length=1, max_length=256, pattern=r"^[A-Za-z0-9._-]+(,[A-Za-z0-9._-]+)*$"),
+]
 _STRICT_NUMBERS = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
@@ -178,8 +193,9 @@ class DeploymentSpec(BaseModel):
     gpus: Gpus = 0
     # Accelerator kind of the `gpus` devices.
     accelerator: Accelerator = "nvidia.com/gpu"
-    # A device model the workers must get ("H100", "A100-80GB"); None takes any. Matched
-    # against the local inventory, or Ray's `accelerator_type:` resources on a cluster.
+    # A device model the workers must get ("H100", "A100-80GB"), or acceptable ones
+    # ("A100,H100"); None takes any. Matched against the local inventory, or Ray's
+    # `accelerator_type:` resources on a cluster (the first listed type there).
     gpu_type: GpuType | None = None
     # Hugging Face source details: revision and file patterns.
     source: ModelSource = Field(default_factory=ModelSource)

@@ -1,6 +1,7 @@
 """Images for functions: `POST /api/images` builds one (or finds it built) and streams the
 build as NDJSON lines: `{"event": "log", "line"}`, then `{"event": "done", "image"}` or
-`{"event": "error", "message"}`. Admin only: a build runs the definition's commands."""
+`{"event": "error", "message"}`. The body is the image's definition, plus `contents`: its
+local files by SHA-256, base64. Admin only: a build runs the definition's commands."""
 
 from __future__ import annotations
 
@@ -27,8 +28,12 @@ def _line(event: dict[str, Any]) -> bytes:
 
 @router.post("")
 async def build(body: dict[str, Any], svc: ServicesDep, _: AdminDep) -> StreamingResponse:
+    # The definition, and the contents of its local files by SHA-256 (base64).
+    contents = body.pop("contents", None) or {}
     try:
         Image.from_definition(body)
+        if not isinstance(contents, dict):
+            raise ValueError("contents: an object of base64 strings by sha256")
     except ValueError as exc:
         raise InvalidSpec(str(exc)) from None
     lines: asyncio.Queue[bytes | None] = asyncio.Queue()
@@ -36,7 +41,9 @@ async def build(body: dict[str, Any], svc: ServicesDep, _: AdminDep) -> Streamin
     async def run() -> None:
         try:
             image = await svc.images.build(
-                body, lambda text: lines.put_nowait(_line({"event": "log", "line": text}))
+                body,
+                lambda text: lines.put_nowait(_line({"event": "log", "line": text})),
+                contents,
             )
             lines.put_nowait(_line({"event": "done", "image": image.view()}))
         except (BuildError, ValueError, OSError) as exc:

@@ -6,6 +6,7 @@ from datetime import datetime
 from typing import Any
 
 from torpor.controller import Controller, Deployment, Worker
+from torpor.gpus import matches_model, wanted_types
 from torpor.modelstore import derive_catalog
 from torpor.states import WorkerState, lifecycle
 
@@ -139,6 +140,12 @@ def _admin_view(controller: Controller, dep: Deployment) -> dict[str, Any]:
 def _status_reason(controller: Controller, dep: Deployment) -> str | None:
     if dep.budget_refusal:
         return dep.budget_refusal
+    if dep.waiting_for_gpus and dep.spec.gpu_type:
+        types = " or ".join(wanted_types(dep.spec.gpu_type))
+        known = controller.runtime.assigns_devices or any(
+            matches_model(d.model, dep.spec.gpu_type) for d in controller.gpus.devices
+        )
+        return f"waiting for GPUs of type {types}" + ("" if known else " (none in the inventory)")
     if dep.waiting_for_gpus:
         return "No GPUs available for scale-up"
     if dep.last_error and dep.failures:

@@ -111,7 +111,9 @@ def run(
         for application in apps:
             application.deploy(client, on_log=_log)
         try:
-            result = client.call_function(fn.app.name, fn.attr, args, kwargs, method=method)
+            result = client.call_function(
+                fn.app.name, fn.attr, args, kwargs, method=method, codec=fn.codec()
+            )
         except FunctionError as exc:
             err_console.print(Text(exc.remote_traceback.rstrip()))
             raise _fail(exc.message) from None

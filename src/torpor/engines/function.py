@@ -13,14 +13,16 @@ from typing import TYPE_CHECKING, Any
 
 from torpor.engines.base import EngineLaunch, check_str, refuse_unknown_options
 from torpor.functions.app import MAX_SOURCE_BYTES
-from torpor.functions.routes import CALL_ROUTES, HEALTH_PATH
-from torpor.functions.server import SPEC_ENV, encode_spec
+from torpor.functions.pickling import SERIALIZATIONS
+from torpor.functions.routes import CALL_ROUTES, HEALTH_PATH, SPEC_ENV
+from torpor.functions.server import encode_spec
 
 if TYPE_CHECKING:
     from torpor.spec import DeploymentSpec
 
 _OPTIONS = {
-    "app", "function", "kind", "module", "source", "python", "image", "methods", "gpu_types",
+    "app", "function", "kind", "module", "source", "python", "image", "methods",
+    "serialization",
 }  # fmt: skip
 _KINDS = frozenset({"function", "cls"})
 
@@ -53,7 +55,7 @@ class FunctionEngine:
         check_str(o, "kind", _KINDS)
         check_str(o, "image")
         _check_list(o, "methods")
-        _check_list(o, "gpu_types")
+        check_str(o, "serialization", frozenset(SERIALIZATIONS))
         if not str(o["module"]).isidentifier():
             raise ValueError("options.module: must be a Python module name")
         if not str(o["function"]).isidentifier():
@@ -72,6 +74,7 @@ class FunctionEngine:
             "source": o["source"],
             "function": o["function"],
             "kind": o.get("kind", "function"),
+            "serialization": o.get("serialization", "json"),
         }
         argv = (
             str(o["python"]), "-m", "torpor.functions.server",

@@ -19,6 +19,13 @@ from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
 from torpor.functions.gpu import parse_gpu
 from torpor.functions.image import Image
+from torpor.functions.pickling import (
+    SERIALIZATIONS,
+    Codec,
+    Serialization,
+    installs_cloudpickle,
+    requirement,
+)
 from torpor.functions.routes import deployment_name, slug
 
 if TYPE_CHECKING:
@@ -75,6 +82,9 @@ class Scaling:
     idle_timeout_s: float = 300.0
     wait_time_s: float = 300.0
     env: Mapping[str, str] = field(default_factory=dict)
+    # "json" (any HTTP client can call) or "pickle" (cloudpickle: Python callers, any type;
+    # whoever may call the function can run code in its worker).
+    serialization: Serialization = "json"
 
 
 class _Deployable:
@@ -84,6 +94,10 @@ class _Deployable:
         self.app = app
         self.attr = attr
         self.name = slug(attr)
+        if scaling.serialization not in SERIALIZATIONS:
+            raise ValueError(f"serialization must be one of {', '.join(SERIALIZATIONS)}")
+        if scaling.serialization == "pickle" and not installs_cloudpickle(image.packages):
+            image = image.pip_install(requirement())  # the worker reads and writes pickles
         self.image = image
         self.scaling = scaling
         self._target = target
@@ -92,6 +106,16 @@ class _Deployable:
     @property
     def deployment(self) -> str:
         return deployment_name(self.app.name, self.attr)
+
+    def codec(self) -> Codec:
+        """How calls are sent and results read: pickled for `serialization="pickle"`, with
+        classes of the worker's module (the file's name) read from this side's module."""
+        if self.scaling.serialization != "pickle":
+            return Codec()
+        module = getattr(self._target, "__module__", None)
+        stem = self.source_file().stem
+        aliases = {stem: module} if module and module != stem else {}
+        return Codec("pickle", aliases)
 
     def source_file(self) -> Path:
         """The file that defines the function (or the class's methods)."""
@@ -125,14 +149,15 @@ class _Deployable:
         }
         if methods:
             options["methods"] = list(methods)
-        if gpu.types:
-            options["gpu_types"] = list(gpu.types)
+        if s.serialization != "json":
+            options["serialization"] = s.serialization
         return {
             "name": self.deployment,
             "framework": "function",
             "description": f"{self.app.name}.{self.attr} ({kind})",
             "options": options,
             "gpus": gpu.count,
+            "gpu_type": gpu.gpu_type,
             "min_workers": s.min_workers,
             "max_workers": s.max_workers,
             "concurrency": s.concurrency,
@@ -148,14 +173,15 @@ class _Deployable:
 class FunctionCall:
     """A spawned call: an async request on the server; `get()` waits for its value."""
 
-    def __init__(self, client: Client, request: AsyncRequest):
+    def __init__(self, client: Client, request: AsyncRequest, codec: Codec | None = None):
         self._client = client
+        self._codec = codec or Codec()
         self.request = request
         self.id = request.id
 
     def get(self, timeout: float | None = None) -> Any:
         """The return value (or the call's typed error, FunctionError for user code)."""
-        return self._client.function_result(self.id, timeout)
+        return self._client.function_result(self.id, timeout, self._codec)
 
     def cancel(self) -> None:
         self._client.cancel_request(self.id)
@@ -176,15 +202,19 @@ class Function(_Deployable, Generic[P, R]):
         return self.fn(*args, **kwargs)
 
     def remote(self, *args: P.args, **kwargs: P.kwargs) -> R:
-        result: R = self._client().call_function(self.app.name, self.attr, args, kwargs)
+        codec = self.codec()
+        client = self._client()
+        result: R = client.call_function(self.app.name, self.attr, args, kwargs, codec=codec)
         return result
 
     def map(self, inputs: Iterable[Any]) -> list[R]:
-        return self._client().map_function(self.app.name, self.attr, list(inputs))
+        codec = self.codec()
+        return self._client().map_function(self.app.name, self.attr, list(inputs), codec=codec)
 
     def spawn(self, *args: P.args, **kwargs: P.kwargs) -> FunctionCall:
-        client = self._client()
-        return FunctionCall(client, client.spawn_function(self.app.name, self.attr, args, kwargs))
+        client, codec = self._client(), self.codec()
+        req = client.spawn_function(self.app.name, self.attr, args, kwargs, codec=codec)
+        return FunctionCall(client, req, codec)
 
     def deploy_spec(self, python: str) -> dict[str, Any]:
         return self.spec(python, "function")
@@ -197,18 +227,21 @@ class RemoteMethod:
         self._owner, self._method = owner, method
 
     def remote(self, *args: Any, **kwargs: Any) -> Any:
-        o = self._owner
-        return o._client().call_function(o.app.name, o.attr, args, kwargs, method=self._method)
+        o, m = self._owner, self._method
+        client = o._client()
+        return client.call_function(o.app.name, o.attr, args, kwargs, method=m, codec=o.codec())
 
     def map(self, inputs: Iterable[Any]) -> list[Any]:
         o = self._owner
-        return o._client().map_function(o.app.name, o.attr, list(inputs), self._method)
+        return o._client().map_function(o.app.name, o.attr, list(inputs), self._method, o.codec())
 
     def spawn(self, *args: Any, **kwargs: Any) -> FunctionCall:
-        o = self._owner
+        o, codec = self._owner, self._owner.codec()
         client = o._client()
-        req = client.spawn_function(o.app.name, o.attr, args, kwargs, method=self._method)
-        return FunctionCall(client, req)
+        req = client.spawn_function(
+            o.app.name, o.attr, args, kwargs, method=self._method, codec=codec
+        )
+        return FunctionCall(client, req, codec)
 
 
 class RemoteInstance:
@@ -276,9 +309,19 @@ class App:
         idle_timeout_s: float = 300.0,
         wait_time_s: float = 300.0,
         env: Mapping[str, str] | None = None,
+        serialization: Serialization = "json",
     ) -> Callable[[Callable[P, R]], Function[P, R]]:
+        """Deploy a function. `serialization="pickle"` lets Python callers pass and get back
+        any picklable object (cloudpickle, installed into the image); JSON otherwise."""
         scaling = Scaling(
-            gpu, min_workers, max_workers, concurrency, idle_timeout_s, wait_time_s, env or {}
+            gpu,
+            min_workers,
+            max_workers,
+            concurrency,
+            idle_timeout_s,
+            wait_time_s,
+            env or {},
+            serialization,
         )
 
         def register(fn: Callable[P, R]) -> Function[P, R]:
@@ -299,9 +342,17 @@ class App:
         idle_timeout_s: float = 300.0,
         wait_time_s: float = 300.0,
         env: Mapping[str, str] | None = None,
+        serialization: Serialization = "json",
     ) -> Callable[[type], Cls]:
         scaling = Scaling(
-            gpu, min_workers, max_workers, concurrency, idle_timeout_s, wait_time_s, env or {}
+            gpu,
+            min_workers,
+            max_workers,
+            concurrency,
+            idle_timeout_s,
+            wait_time_s,
+            env or {},
+            serialization,
         )
 
         def register(cls: type) -> Cls:

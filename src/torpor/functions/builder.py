@@ -5,27 +5,30 @@ With `uv` on PATH it creates the environment and installs packages (fast); other
 `python -m venv` and pip (the server's own pip, pointed at the new environment). A build
 holds a file lock, so several torpor processes sharing a data dir build an image once; a
 marker file written last tells a finished image from an interrupted build, which is
-removed and built again. A `.pth` file makes torpor's function server importable in the
+removed and built again. Local files (checked against their SHA-256) go to `files/` in the
+image; the function server links them into its working directory. A `.pth` file makes torpor's function server importable in the
 image, after the image's own packages.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import fcntl
+import hashlib
 import json
 import os
 import shutil
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import torpor
-from torpor.functions.image import Image
+from torpor.functions.image import FILES_DIR, Image
 
 MARKER = ".torpor-image.json"
 PTH_NAME = "_torpor_function_server.pth"
@@ -51,6 +54,30 @@ class BuiltImage:
 def torpor_root() -> Path:
     """The directory holding the `torpor` package, put on the image's path."""
     return Path(torpor.__file__).resolve().parent.parent
+
+
+def decode_files(image: Image, contents: Mapping[str, str]) -> dict[str, bytes]:
+    """The image's local files by destination, checked against their SHA-256."""
+    out: dict[str, bytes] = {}
+    for f in image.files:
+        text = contents.get(f.sha256)
+        if not isinstance(text, str):
+            raise BuildError(f"image file {f.dst}: its content was not sent with the build")
+        try:
+            data = base64.b64decode(text, validate=True)
+        except ValueError:
+            raise BuildError(f"image file {f.dst}: content is not valid base64") from None
+        if hashlib.sha256(data).hexdigest() != f.sha256:
+            raise BuildError(f"image file {f.dst}: content does not match its sha256")
+        out[f.dst] = data
+    return out
+
+
+def write_files(root: Path, files: Mapping[str, bytes]) -> None:
+    for dst, data in files.items():
+        target = root / dst
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(data)
 
 
 def find_interpreter(version: str) -> str | None:
@@ -81,7 +108,11 @@ class ImageBuilder:
         self._link_torpor(self.path(image.id))
         return BuiltImage(image.id, str(self.python_of(image.id)), False, 0.0)
 
-    async def build(self, definition: dict[str, Any], log: Log) -> BuiltImage:
+    async def build(
+        self, definition: dict[str, Any], log: Log, contents: Mapping[str, str] | None = None
+    ) -> BuiltImage:
+        """Build the image (or find it built); `contents` holds its local files by SHA-256,
+        base64, as `Image.contents()` sends them."""
         image = Image.from_definition(definition)  # ValueError for a bad definition
         found = self.cached(image)
         if found is not None:
@@ -96,7 +127,7 @@ class ImageBuilder:
                 return found
             started = time.monotonic()
             try:
-                await self._build(image, log)
+                await self._build(image, log, contents or {})
             except BaseException:
                 await asyncio.to_thread(shutil.rmtree, self.path(image.id), True)
                 raise
@@ -104,9 +135,10 @@ class ImageBuilder:
             log(f"image {image.id} built in {seconds:.1f}s")
             return BuiltImage(image.id, str(self.python_of(image.id)), True, seconds)
 
-    async def _build(self, image: Image, log: Log) -> None:
+    async def _build(self, image: Image, log: Log, contents: Mapping[str, str]) -> None:
         dest = self.path(image.id)
         await asyncio.to_thread(shutil.rmtree, dest, True)  # an interrupted build
+        files = decode_files(image, contents)  # before anything is installed
         if image.base:
             log(
                 f"base {image.base}: no container runtime builds images here; building a "
@@ -136,6 +168,9 @@ class ImageBuilder:
         }
         for command in image.commands:
             await self._run(["/bin/sh", "-c", command], log, env)
+        if files:
+            await asyncio.to_thread(write_files, dest / FILES_DIR, files)
+            log(f"{len(files)} local file(s) placed in the image")
         self._link_torpor(dest)
         marker = {
             "id": image.id,

@@ -25,7 +25,7 @@ def deploy_app(
         if image.id not in images:
             if on_log is not None:
                 on_log(f"image {image.id}: {', '.join(image.packages) or 'no packages'}")
-            images[image.id] = client.build_image(image.definition(), on_log)
+            images[image.id] = client.build_image(image.definition(), on_log, image.contents())
     names: list[str] = []
     for item in app.functions.values():
         spec = item.deploy_spec(images[item.image.id].python)

@@ -1,5 +1,6 @@
 """GPU requests as strings: `"L4"`, `"H100:2"`, `"any"`, `"any:4"`, or a list of acceptable
-types (`["A100", "H100"]`). Pure functions; no inventory access here."""
+types (`["A100", "H100"]`). Pure functions; the controller matches the types against its
+inventory (`torpor.gpus.matches_model`) through the spec's `gpu_type`."""
 
 from __future__ import annotations
 
@@ -16,6 +17,11 @@ class GpuRequest:
     count: int
     # Acceptable device types; empty means any type.
     types: tuple[str, ...] = ()
+
+    @property
+    def gpu_type(self) -> str | None:
+        """The deployment spec's `gpu_type`: the acceptable types, comma-separated."""
+        return ",".join(self.types) or None
 
 
 def parse_gpu(value: str | Sequence[str] | None) -> GpuRequest:
@@ -42,16 +48,3 @@ def parse_gpu(value: str | Sequence[str] | None) -> GpuRequest:
     if len(counts) > 1:
         raise ValueError(f"gpu: the types of one request must ask for one count, got {items!r}")
     return GpuRequest(counts.pop(), tuple(types))
-
-
-def _norm(text: str) -> str:
-    return re.sub(r"[^A-Z0-9]", "", text.upper())
-
-
-def type_matches(wanted: Sequence[str], device_model: str) -> bool:
-    """Whether a device model ("A100-80GB", "NVIDIA H100 80GB HBM3") is one of the wanted
-    types ("A100", "H100"); no wanted types means any device."""
-    if not wanted:
-        return True
-    model = _norm(device_model)
-    return any(_norm(w) and _norm(w) in model for w in wanted)

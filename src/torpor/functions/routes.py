@@ -13,6 +13,9 @@ CALL_PATH = "/call"
 # What a function server serves to callers (the engine's `routes`).
 CALL_ROUTES = frozenset({CALL_PATH, CALL_PATH + "/*"})
 HEALTH_PATH = "/health"
+# The function server's spec in a worker's environment (TORPOR_* never reaches a worker);
+# its presence tells code that it runs in a worker.
+SPEC_ENV = "FUNCTION_SERVER_SPEC"
 
 _SLUG_RE = re.compile(r"[^a-z0-9-]+")
 

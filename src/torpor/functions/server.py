@@ -1,14 +1,17 @@
 """The function server: what a worker of a `function` deployment runs.
 
 `python -m torpor.functions.server --port P` reads the deployment's code and target from
-`TORPOR_FUNCTION` (base64 JSON: module name, source, attribute, kind), writes the source
+`FUNCTION_SERVER_SPEC` (base64 JSON: module name, source, attribute, kind, serialization), writes the source
 to `./code/` (the worker runs in the deployment's storage directory), imports it once,
 creates the class instance and runs its `@torpor.enter()` methods, then answers:
 
 - `GET /health`: 200 once ready (the readiness probe);
 - `POST /call` (a function) or `POST /call/{method}` (a class's method) with the JSON body
   `{"args": [...], "kwargs": {...}}`: 200 `{"result": ...}`, or 400 with the error envelope,
-  code `function_error`, the exception's type and the traceback text.
+  code `function_error`, the exception's type and the traceback text. A function deployed
+  with `serialization="pickle"` also takes `{"pickle": "<base64 cloudpickle of (args,
+  kwargs)>"}` and answers those with `{"pickle": "<base64 cloudpickle of the result>"}`;
+  the others refuse a pickled call with 400 (see torpor.functions.pickling).
 
 Standard library only: it runs in the image's environment, where the user's packages, not
 torpor's dependencies, are installed.
@@ -29,9 +32,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from torpor.functions.routes import CALL_PATH, HEALTH_PATH
+from torpor.functions.image import FILES_DIR
+from torpor.functions.pickling import PICKLE_KEY, pickle_result, unpickle_call
+from torpor.functions.routes import CALL_PATH, HEALTH_PATH, SPEC_ENV
 
-SPEC_ENV = "FUNCTION_SERVER_SPEC"  # TORPOR_* never reaches a worker
 MAX_BODY = 64 * 1024 * 1024
 
 
@@ -63,12 +67,35 @@ def load_module(spec: dict[str, Any], workdir: Path) -> Any:
     return importlib.import_module(module)
 
 
+def link_files(files: Path, workdir: Path) -> list[str]:
+    """Link each top-level entry of the image's local files (`<image>/files/`, see
+    torpor.functions.builder) into the working directory, where the function opens (and,
+    being on sys.path, imports) them; names it could not link because something else is
+    there."""
+    skipped: list[str] = []
+    if not files.is_dir():
+        return skipped
+    for entry in sorted(files.iterdir()):
+        link = workdir / entry.name
+        if link.is_symlink() and os.readlink(link) == str(entry):
+            continue
+        if link.exists() and not link.is_symlink():
+            skipped.append(entry.name)
+            continue
+        tmp = workdir / f".{entry.name}.{os.getpid()}.link"
+        tmp.unlink(missing_ok=True)
+        os.symlink(entry, tmp)
+        os.replace(tmp, link)  # workers of one deployment link the same targets
+    return skipped
+
+
 class Target:
     """The user's function, or an instance of the user's class, ready to be called."""
 
     def __init__(self, spec: dict[str, Any], module: Any):
         obj = getattr(module, str(spec["function"]))
         self.kind = str(spec.get("kind", "function"))
+        self.serialization = str(spec.get("serialization", "json"))
         self.calls: dict[str | None, Callable[..., Any]] = {}
         if self.kind == "cls":
             from torpor.functions.app import ENTER_MARK, METHOD_MARK, marked
@@ -93,10 +120,28 @@ class Target:
             raise CallError(f"Malformed JSON in request body: {exc}") from None
         if not isinstance(payload, dict):
             raise CallError('The body must be a JSON object: {"args": [...], "kwargs": {...}}')
+        if PICKLE_KEY in payload:
+            if self.serialization != "pickle":
+                raise CallError(
+                    "This function takes JSON arguments only: pickled calls are refused "
+                    "(deploy it with serialization='pickle' to accept them)"
+                )
+            try:
+                args, kwargs = unpickle_call(payload)
+            except Exception as exc:
+                raise CallError(f"Cannot unpickle the call: {type(exc).__name__}: {exc}") from None
+            return Pickled(fn(*args, **kwargs))
         args, kwargs = payload.get("args") or [], payload.get("kwargs") or {}
         if not isinstance(args, list) or not isinstance(kwargs, dict):
             raise CallError("args must be a JSON array and kwargs a JSON object")
         return fn(*args, **kwargs)
+
+
+class Pickled:
+    """The result of a pickled call: answered pickled."""
+
+    def __init__(self, value: Any):
+        self.value = value
 
 
 def error_body(message: str, kind: str, code: str, **extra: Any) -> bytes:
@@ -138,7 +183,12 @@ def make_handler(target: Target) -> type[BaseHTTPRequestHandler]:
             method = path[len(CALL_PATH) + 1 :] or None
             try:
                 result = target.call(method, body)
-                data = json.dumps({"result": result}).encode()
+                reply = (
+                    pickle_result(result.value)
+                    if isinstance(result, Pickled)
+                    else {"result": result}
+                )
+                data = json.dumps(reply).encode()
             except LookupError as exc:
                 self._send(404, error_body(str(exc), "invalid_request_error", "not_found"))
                 return
@@ -171,6 +221,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, required=True)
     args = parser.parse_args(argv)
     spec = decode_spec(os.environ[SPEC_ENV])
+    for name in link_files(Path(sys.prefix) / FILES_DIR, Path.cwd()):
+        print(f"torpor function server: image file {name!r} not linked: {name} exists here")
     module = load_module(spec, Path.cwd())
     target = Target(spec, module)
     server = ThreadingHTTPServer((args.host, args.port), make_handler(target))

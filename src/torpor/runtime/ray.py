@@ -194,7 +194,7 @@ class RayRuntime:
             "max_concurrency": 16,
         }
         if res.gpu_type:
-            opts["accelerator_type"] = res.gpu_type
+            opts["accelerator_type"] = first_type(res.gpu_type)
         if res.accelerator != NVIDIA and res.gpus:
             opts["resources"] = {res.accelerator: res.gpus}
         pg = None
@@ -463,8 +463,13 @@ def ray_request(res: Resources) -> dict[str, float]:
         key = "GPU" if res.accelerator == NVIDIA else res.accelerator
         request[key] = float(res.gpus)
     if res.gpu_type:
-        request[f"accelerator_type:{res.gpu_type}"] = 0.001
+        request[f"accelerator_type:{first_type(res.gpu_type)}"] = 0.001
     return request
+
+
+def first_type(gpu_type: str) -> str:
+    """Ray places on one `accelerator_type`: the first of a list of acceptable ones."""
+    return gpu_type.split(",", 1)[0].strip()
 
 
 def waiting_reason(request: dict[str, float]) -> str:

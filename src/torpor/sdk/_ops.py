@@ -12,6 +12,7 @@ from urllib.parse import quote
 
 import httpx
 
+from torpor.functions.pickling import JSON_CODEC, Codec
 from torpor.functions.routes import function_path
 from torpor.sdk.errors import APIConnectionError, DeploymentFailedError, TorporError, error_for
 from torpor.sdk.models import (
@@ -23,6 +24,7 @@ from torpor.sdk.models import (
     DeploymentSpec,
     Event,
     Gpu,
+    GpuNode,
     ImageInfo,
     UsageSummary,
 )
@@ -272,6 +274,14 @@ def gpus() -> Op[list[Gpu]]:
     return Op("GET", "/api/gpus", lambda d: [Gpu.model_validate(g) for g in _items(d)])
 
 
+def gpu_nodes() -> Op[list[GpuNode]]:
+    return Op(
+        "GET",
+        "/api/gpus",
+        lambda d: [GpuNode.model_validate(n) for n in _obj(d).get("nodes") or []],
+    )
+
+
 # -- async requests ---------------------------------------------------------------------------
 
 
@@ -302,49 +312,56 @@ def poll_delay(attempt: int) -> float:
 # -- functions --------------------------------------------------------------------------------
 
 
-def call_body(args: Sequence[Any], kwargs: Mapping[str, Any]) -> JSON:
-    return {"args": list(args), "kwargs": dict(kwargs)}
-
-
-def _result(data: Any) -> Any:
-    return _obj(data).get("result")
-
-
 def call_function(
-    app: str, name: str, method: str | None, args: Sequence[Any], kwargs: Mapping[str, Any]
+    app: str,
+    name: str,
+    method: str | None,
+    args: Sequence[Any],
+    kwargs: Mapping[str, Any],
+    codec: Codec = JSON_CODEC,
 ) -> Op[Any]:
     return Op(
         "POST",
         function_path(app, name, method),
-        _result,
-        json=call_body(args, kwargs),
+        codec.result,
+        json=codec.body(args, kwargs),
         timeout=CALL_TIMEOUT,
     )
 
 
 def spawn_function(
-    app: str, name: str, method: str | None, args: Sequence[Any], kwargs: Mapping[str, Any]
+    app: str,
+    name: str,
+    method: str | None,
+    args: Sequence[Any],
+    kwargs: Mapping[str, Any],
+    codec: Codec = JSON_CODEC,
 ) -> Op[AsyncRequest]:
     return Op(
         "POST",
         function_path(app, name, method),
         _async_request,
-        json=call_body(args, kwargs),
+        json=codec.body(args, kwargs),
         headers={"X-Async": "true"},
     )
 
 
-def function_result(req: AsyncRequest) -> Any:
+def function_result(req: AsyncRequest, codec: Codec = JSON_CODEC) -> Any:
     """The return value of a finished spawned call; raises its typed error when it failed."""
     if req.status == "completed":
-        return _result(req.response)
+        return codec.result(req.response)
     error = req.error or {"message": f"call {req.status}"}
     status = req.status_code or (409 if req.status == "cancelled" else 500)
     raise error_for(status, {"error": error}, str(error.get("message") or req.status))
 
 
-def build_image(definition: Mapping[str, Any]) -> tuple[str, JSON]:
-    return "/api/images", dict(definition)
+def build_image(
+    definition: Mapping[str, Any], contents: Mapping[str, str] | None = None
+) -> tuple[str, JSON]:
+    body = dict(definition)
+    if contents:
+        body["contents"] = dict(contents)
+    return "/api/images", body
 
 
 def image_event(line: str, on_log: Callable[[str], None] | None) -> ImageInfo | None:

@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 
 import httpx
 
+from torpor.functions.pickling import JSON_CODEC, Codec
 from torpor.sdk import _ops as ops
 from torpor.sdk.errors import TorporError
 from torpor.sdk.models import (
@@ -21,6 +22,7 @@ from torpor.sdk.models import (
     DeploymentSpec,
     Event,
     Gpu,
+    GpuNode,
     ImageInfo,
     UsageSummary,
 )
@@ -182,6 +184,10 @@ class AsyncClient:
     async def gpus(self) -> list[Gpu]:
         return await self._run(ops.gpus())
 
+    async def gpu_nodes(self) -> list[GpuNode]:
+        """Devices per node (node id, address, type, which worker holds each)."""
+        return await self._run(ops.gpu_nodes())
+
     # -- async requests -------------------------------------------------------------------
 
     async def submit(self, deployment: str, path: str, body: Mapping[str, Any]) -> AsyncRequest:
@@ -219,17 +225,23 @@ class AsyncClient:
         kwargs: Mapping[str, Any] | None = None,
         *,
         method: str | None = None,
+        codec: Codec = JSON_CODEC,
     ) -> Any:
-        return await self._run(ops.call_function(app, name, method, args, kwargs or {}))
+        return await self._run(ops.call_function(app, name, method, args, kwargs or {}, codec))
 
     async def map_function(
-        self, app: str, name: str, inputs: Sequence[Any], method: str | None = None
+        self,
+        app: str,
+        name: str,
+        inputs: Sequence[Any],
+        method: str | None = None,
+        codec: Codec = JSON_CODEC,
     ) -> list[Any]:
         limit = asyncio.Semaphore(self.max_parallel)
 
         async def one(x: Any) -> Any:
             async with limit:
-                return await self._run(ops.call_function(app, name, method, [x], {}))
+                return await self._run(ops.call_function(app, name, method, [x], {}, codec))
 
         return list(await asyncio.gather(*(one(x) for x in inputs)))
 
@@ -241,20 +253,25 @@ class AsyncClient:
         kwargs: Mapping[str, Any] | None = None,
         *,
         method: str | None = None,
+        codec: Codec = JSON_CODEC,
     ) -> AsyncRequest:
-        return await self._run(ops.spawn_function(app, name, method, args, kwargs or {}))
+        return await self._run(ops.spawn_function(app, name, method, args, kwargs or {}, codec))
 
     async def function_result(
         self,
         request_id: str,
         timeout: float | None = None,  # noqa: ASYNC109 (the same call as Client's)
+        codec: Codec = JSON_CODEC,
     ) -> Any:
-        return ops.function_result(await self.wait_request(request_id, timeout))
+        return ops.function_result(await self.wait_request(request_id, timeout), codec)
 
     async def build_image(
-        self, definition: Mapping[str, Any], on_log: Callable[[str], None] | None = None
+        self,
+        definition: Mapping[str, Any],
+        on_log: Callable[[str], None] | None = None,
+        contents: Mapping[str, str] | None = None,
     ) -> ImageInfo:
-        path, body = ops.build_image(definition)
+        path, body = ops.build_image(definition, contents)
         async for line in self._lines("POST", path, json=body):
             image = ops.image_event(line, on_log)
             if image is not None:

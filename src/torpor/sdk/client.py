@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 
 import httpx
 
+from torpor.functions.pickling import JSON_CODEC, Codec
 from torpor.sdk import _ops as ops
 from torpor.sdk.errors import TorporError
 from torpor.sdk.models import (
@@ -21,6 +22,7 @@ from torpor.sdk.models import (
     DeploymentSpec,
     Event,
     Gpu,
+    GpuNode,
     ImageInfo,
     UsageSummary,
 )
@@ -186,6 +188,10 @@ class Client:
     def gpus(self) -> list[Gpu]:
         return self._run(ops.gpus())
 
+    def gpu_nodes(self) -> list[GpuNode]:
+        """Devices per node (node id, address, type, which worker holds each)."""
+        return self._run(ops.gpu_nodes())
+
     # -- async requests -------------------------------------------------------------------
 
     def submit(self, deployment: str, path: str, body: Mapping[str, Any]) -> AsyncRequest:
@@ -221,17 +227,24 @@ class Client:
         kwargs: Mapping[str, Any] | None = None,
         *,
         method: str | None = None,
+        codec: Codec = JSON_CODEC,
     ) -> Any:
-        """Call a deployed function (or a method of a class) with JSON arguments."""
-        return self._run(ops.call_function(app, name, method, args, kwargs or {}))
+        """Call a deployed function (or a method of a class), with JSON arguments unless
+        `codec` pickles them (functions deployed with `serialization="pickle"`)."""
+        return self._run(ops.call_function(app, name, method, args, kwargs or {}, codec))
 
     def map_function(
-        self, app: str, name: str, inputs: Sequence[Any], method: str | None = None
+        self,
+        app: str,
+        name: str,
+        inputs: Sequence[Any],
+        method: str | None = None,
+        codec: Codec = JSON_CODEC,
     ) -> list[Any]:
         """One call per input (up to `max_parallel` at once), results in input order."""
         with ThreadPoolExecutor(max_workers=self.max_parallel) as pool:
             futures = [
-                pool.submit(self._run, ops.call_function(app, name, method, [x], {}))
+                pool.submit(self._run, ops.call_function(app, name, method, [x], {}, codec))
                 for x in inputs
             ]
             return [f.result() for f in futures]
@@ -244,19 +257,26 @@ class Client:
         kwargs: Mapping[str, Any] | None = None,
         *,
         method: str | None = None,
+        codec: Codec = JSON_CODEC,
     ) -> AsyncRequest:
         """Queue a call as an async request; read it with `function_result`."""
-        return self._run(ops.spawn_function(app, name, method, args, kwargs or {}))
+        return self._run(ops.spawn_function(app, name, method, args, kwargs or {}, codec))
 
-    def function_result(self, request_id: str, timeout: float | None = None) -> Any:
+    def function_result(
+        self, request_id: str, timeout: float | None = None, codec: Codec = JSON_CODEC
+    ) -> Any:
         """Wait for a spawned call and return its value (or raise its typed error)."""
-        return ops.function_result(self.wait_request(request_id, timeout))
+        return ops.function_result(self.wait_request(request_id, timeout), codec)
 
     def build_image(
-        self, definition: Mapping[str, Any], on_log: Callable[[str], None] | None = None
+        self,
+        definition: Mapping[str, Any],
+        on_log: Callable[[str], None] | None = None,
+        contents: Mapping[str, str] | None = None,
     ) -> ImageInfo:
-        """Build an image on the server (or find it built): progress lines go to `on_log`."""
-        path, body = ops.build_image(definition)
+        """Build an image on the server (or find it built): progress lines go to `on_log`;
+        `contents` carries its local files (`Image.contents()`)."""
+        path, body = ops.build_image(definition, contents)
         for line in self._lines("POST", path, json=body):
             image = ops.image_event(line, on_log)
             if image is not None:

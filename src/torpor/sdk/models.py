@@ -66,6 +66,8 @@ class Deployment(_View):
     wait_time_s: float = 0
     max_queue: int | None = None
     gpus: int | None = None
+    # Acceptable device models, comma-separated ("A100,H100"); None: any.
+    gpu_type: str | None = None
     options: dict[str, Any] = Field(default_factory=dict)
     env: dict[str, str] = Field(default_factory=dict)
     framework_args: list[str] = Field(default_factory=list)
@@ -121,6 +123,24 @@ class Gpu(_View):
     memory_mb: int | None = None
     deployment: str | None = None
     worker: str | None = None
+
+
+class NodeGpu(_View):
+    index: int
+    kind: str | None = None
+    type: str | None = None
+    worker: str | None = None
+    deployment: str | None = None
+
+
+class GpuNode(_View):
+    """One node of the runtime (the host itself with the local runtime) and its devices."""
+
+    node: str
+    address: str | None = None
+    alive: bool = True
+    type: str | None = None
+    gpus: list[NodeGpu] = []
 
 
 class AsyncRequest(_View):
