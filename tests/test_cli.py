@@ -339,7 +339,8 @@ def test_json_output_ids_work_with_revoke(server: TorporServer) -> None:
         assert usage[-1]["deployment"] == "TOTAL"
     bad = torpor("usage", "--window", "2w", env=env, check=2)
     assert "1h, 6h, 24h, 7d, 30d" in " ".join(bad.stderr.split())
-    assert json.loads(torpor("gpus", "-o", "json", env=env).stdout) == []
+    inventory = json.loads(torpor("gpus", "-o", "json", env=env).stdout)
+    assert inventory["devices"] == [] and [n["node"] for n in inventory["nodes"]] == ["local"]
 
 
 def test_engine_default_concurrency_and_worker_endpoints(server: TorporServer) -> None:

@@ -995,3 +995,25 @@ def test_every_page_at_both_widths(ui: Console, srv: TorporServer) -> None:
     box = connect.bounding_box()
     assert box is not None and box["x"] + box["width"] <= 390, box
     page.set_viewport_size({"width": 1280, "height": 900})
+
+
+def test_dashboard_shows_gpus_by_node(
+    browser: Browser, server_factory: Callable[..., TorporServer]
+) -> None:
+    gpu_srv = server_factory(env={"TORPOR_GPUS": "2xA100-80GB"})
+    deploy_ready(gpu_srv, "on-gpu", gpus=1)
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    context.add_init_script(
+        f"window.sessionStorage.setItem('torpor.apiKey', {gpu_srv.admin_key!r})"
+    )
+    c = Console(context.new_page(), gpu_srv)
+    try:
+        page = c.open("/dashboard")
+        row = page.locator("[data-testid=gpu-nodes] tr[data-node=local]")
+        expect(row).to_contain_text("A100-80GB")
+        expect(row).to_contain_text("1 / 2")
+        expect(row).to_contain_text("on-gpu")
+        c.shoot("dashboard-gpus")
+        c.assert_clean()
+    finally:
+        context.close()

@@ -61,6 +61,10 @@ def test_declared_gpus_are_assigned_disjointly(server_factory: Callable[..., Tor
     )
     assert cli.returncode == 0, cli.stderr
     assert "A100-80GB" in cli.stdout and "80 GiB" in cli.stdout and "furiosa.ai/rngd" in cli.stdout
+    assert "NODE" in cli.stdout and "local" in cli.stdout
+    (node,) = inventory["nodes"]
+    assert node["node"] == "local" and len(node["gpus"]) == 5
+    assert {g["deployment"] for g in node["gpus"] if g["worker"]} == {"one", "two", "npu"}
     view_ids = {w["id"] for w in srv.get("two")["workers"]}
     assert {d["worker"] for d in nvidia if d["deployment"] == "two"} <= view_ids
 

@@ -5,6 +5,7 @@ SIGKILLed, a node lost under traffic, and the real llama.cpp engine through Ray.
 from __future__ import annotations
 
 import concurrent.futures
+import os
 import signal
 import subprocess
 import sys
@@ -18,7 +19,7 @@ import psutil
 import pytest
 
 from tests.conftest import TorporServer, fake_spec, free_port, llama_spec
-from tests.ray_fixture import RayCluster, kill_node_of
+from tests.ray_fixture import RAY_NODE_IP, RayCluster, kill_node_of
 
 MESSAGES = [{"role": "user", "content": "hello"}]
 
@@ -84,6 +85,18 @@ def test_two_multi_gpu_workers_land_on_two_nodes_with_ray_assigned_devices(
         gpus = c.get("/api/gpus").json()
     held = {g["worker"] for n in gpus["nodes"] for g in n["gpus"] if g["worker"]}
     assert held == {w["id"] for w in workers}
+    # `torpor gpus` shows the same per node: each worker on its own node, by address.
+    cli = subprocess.run(
+        [sys.executable, "-m", "torpor", "gpus", "--url", srv.url, "--api-key", srv.admin_key],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "COLUMNS": "300"},
+    )
+    assert cli.returncode == 0, cli.stderr
+    for w in workers:
+        line = next(x for x in cli.stdout.splitlines() if w["id"] in x)
+        assert w["node"][:8] in line and RAY_NODE_IP in line, line
     with srv.api() as c:
         assert c.delete("/api/deployments/tp").status_code == 200
 

@@ -1,6 +1,7 @@
 import { useState } from "preact/hooks";
 import { api, optional, type Deployment, type FleetEntry, type Me, type SeriesPoint, type Usage } from "../api";
 import { Badge, Empty, ErrorBox, hourLabel, LineChart, Stat, usePoll } from "../components";
+import { GpuNodes } from "./nodes";
 import { deriveLifecycle, fmtCost, fmtMs, fmtNum, LIFECYCLE_LABEL, STATUS_LABEL } from "../util";
 
 interface DashData {
@@ -149,6 +150,7 @@ export function Dashboard({ me }: { me: Me }) {
         {loading && <Empty>Loading…</Empty>}
         {data && data.fleet.length === 0 && <Empty>No deployments.</Empty>}
       </div>
+      {me.admin && <GpuNodes />}
       <div class="panel">
         <div class="panel-head">
           <h3>Cost by deployment (24 h)</h3>

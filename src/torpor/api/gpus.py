@@ -35,7 +35,28 @@ async def list_gpus(svc: ServicesDep, _: AdminDep) -> dict[str, Any]:
     free = sum(1 for row in data if row["worker"] is None)
     out: dict[str, Any] = {"data": data, "total": len(data), "free": free}
     nodes = getattr(svc.runtime, "nodes", None)
-    if nodes is not None:
+    if nodes is None:
+        # The local runtime: this host is the one node.
+        models = sorted({d.model for d in pool.devices if d.model})
+        out["nodes"] = [
+            {
+                "node": "local",
+                "address": svc.settings.host,
+                "alive": True,
+                "type": ", ".join(models) or None,
+                "gpus": [
+                    {
+                        "index": row["index"],
+                        "kind": row["kind"],
+                        "type": row["type"],
+                        "worker": row["worker"],
+                        "deployment": row["deployment"],
+                    }
+                    for row in data
+                ],
+            }
+        ]
+    else:
         # A cluster runtime: devices per node (node id, address, type, which worker holds
         # each), from the cluster's own state.
         out["nodes"] = await nodes()

@@ -83,22 +83,33 @@ def keys_revoke(
 
 @app.command("gpus")
 def list_gpus(ctx: typer.Context, output: OutputOpt = Output.table) -> None:
-    """Accelerators: type, memory and the worker that holds each."""
+    """Accelerators per node: type, memory and the worker that holds each (with the ray
+    runtime, every node of the cluster; with the local runtime, this host)."""
     with _api(ctx) as client:
         devices = client.gpus()
+        nodes = client.gpu_nodes()
     if output is Output.json:
-        _json_out([d.model_dump(mode="json") for d in devices])
+        _json_out(
+            {
+                "devices": [d.model_dump(mode="json") for d in devices],
+                "nodes": [n.model_dump(mode="json") for n in nodes],
+            }
+        )
         return
+    memory = {(d.kind, d.index): d.memory_mb for d in devices}
     rows = [
         [
-            d.kind,
-            d.index,
-            d.type,
-            f"{d.memory_mb // 1024} GiB" if d.memory_mb else None,
-            d.deployment,
-            d.worker,
+            n.node if n.node == "local" else f"{n.address}/{n.node[:8]}",
+            g.kind,
+            g.index,
+            g.type or n.type,
+            f"{mb // 1024} GiB" if (mb := memory.get((g.kind or "", g.index))) else None,
+            g.deployment,
+            g.worker,
         ]
-        for d in devices
+        for n in nodes
+        for g in n.gpus
     ]
-    columns = ("KIND", "INDEX", "TYPE", "MEMORY", "DEPLOYMENT", "WORKER")
+    # A cluster node as address/short id; the local runtime's one node as "local".
+    columns = ("NODE", "KIND", "INDEX", "TYPE", "MEMORY", "DEPLOYMENT", "WORKER")
     _table(columns, rows, "no accelerators (declare some with TORPOR_GPUS, e.g. 4xA100-80GB)")

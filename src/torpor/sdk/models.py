@@ -170,3 +170,5 @@ class ImageInfo(_View):
     python: str
     built: bool = False
     seconds: float = 0.0
+    # The container image's tag when docker or podman built it (a registry base).
+    container: str | None = None
