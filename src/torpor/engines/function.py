@@ -8,10 +8,13 @@ deployment's source, module and target travel in the worker's environment. Calle
 
 from __future__ import annotations
 
+import shlex
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from torpor.engines.base import EngineLaunch, check_str, refuse_unknown_options
+from torpor.engines.custom import CustomEngine
 from torpor.functions.app import MAX_SOURCE_BYTES
 from torpor.functions.pickling import SERIALIZATIONS
 from torpor.functions.routes import CALL_ROUTES, HEALTH_PATH, SPEC_ENV
@@ -22,7 +25,7 @@ if TYPE_CHECKING:
 
 _OPTIONS = {
     "app", "function", "kind", "module", "source", "python", "image", "methods",
-    "serialization",
+    "serialization", "container",
 }  # fmt: skip
 _KINDS = frozenset({"function", "cls"})
 
@@ -54,6 +57,7 @@ class FunctionEngine:
                 raise ValueError(f"options.{key}: function deployments need it (a string)")
         check_str(o, "kind", _KINDS)
         check_str(o, "image")
+        check_str(o, "container")
         _check_list(o, "methods")
         check_str(o, "serialization", frozenset(SERIALIZATIONS))
         if not str(o["module"]).isidentifier():
@@ -62,7 +66,7 @@ class FunctionEngine:
             raise ValueError("options.function: must be a Python name")
         if len(str(o["source"]).encode()) > MAX_SOURCE_BYTES:
             raise ValueError(f"options.source: at most {MAX_SOURCE_BYTES} bytes")
-        if not Path(str(o["python"])).is_absolute():
+        if not o.get("container") and not Path(str(o["python"])).is_absolute():
             raise ValueError("options.python: must be an absolute path to an interpreter")
         if o.get("kind") == "cls" and not o.get("methods"):
             raise ValueError("options.methods: a class needs at least one method")
@@ -80,9 +84,24 @@ class FunctionEngine:
             str(o["python"]), "-m", "torpor.functions.server",
             "--host", "{host}", "--port", "{port}", *spec.framework_args,
         )  # fmt: skip
-        return EngineLaunch(
-            argv,
-            health_path=HEALTH_PATH,
-            env={SPEC_ENV: encode_spec(target), "PYTHONUNBUFFERED": "1"},
-            served_model=spec.name,
-        )
+        env = {SPEC_ENV: encode_spec(target), "PYTHONUNBUFFERED": "1"}
+        if o.get("container"):
+            return container_launch(spec, str(o["container"]), argv, env)
+        return EngineLaunch(argv, health_path=HEALTH_PATH, env=env, served_model=spec.name)
+
+
+def container_launch(
+    spec: DeploymentSpec, tag: str, argv: tuple[str, ...], env: dict[str, str]
+) -> EngineLaunch:
+    """The worker in its container image, started as the custom engine starts a container
+    (named and labelled after the worker, only its GPUs, the host's network); the function
+    server's variables reach the container by name."""
+    as_custom = spec.model_copy(
+        update={
+            "options": {"image": tag, "command": shlex.join(argv), "health_path": HEALTH_PATH},
+            "env": {**spec.env, **env},
+            "framework_args": [],
+        }
+    )
+    launch = CustomEngine().launch(as_custom, None)
+    return replace(launch, env={**launch.env, **env}, sleep=None)

@@ -127,8 +127,15 @@ class _Deployable:
                 return Path(code.co_filename)
         raise ValueError(f"cannot find the source file of {self.attr}")
 
-    def spec(self, python: str, kind: str, methods: Sequence[str] = ()) -> dict[str, Any]:
-        """The deployment spec for this function, its image built at `python`."""
+    def spec(
+        self,
+        python: str,
+        kind: str,
+        methods: Sequence[str] = (),
+        container: str | None = None,
+    ) -> dict[str, Any]:
+        """The deployment spec for this function, its image built at `python` (in the
+        container image `container` when one was built)."""
         file = self.source_file()
         source = file.read_text()
         if len(source.encode()) > MAX_SOURCE_BYTES:
@@ -151,6 +158,8 @@ class _Deployable:
             options["methods"] = list(methods)
         if s.serialization != "json":
             options["serialization"] = s.serialization
+        if container:
+            options["container"] = container
         return {
             "name": self.deployment,
             "framework": "function",
@@ -216,8 +225,8 @@ class Function(_Deployable, Generic[P, R]):
         req = client.spawn_function(self.app.name, self.attr, args, kwargs, codec=codec)
         return FunctionCall(client, req, codec)
 
-    def deploy_spec(self, python: str) -> dict[str, Any]:
-        return self.spec(python, "function")
+    def deploy_spec(self, python: str, container: str | None = None) -> dict[str, Any]:
+        return self.spec(python, "function", container=container)
 
 
 class RemoteMethod:
@@ -270,8 +279,8 @@ class Cls(_Deployable):
     def __call__(self) -> RemoteInstance:
         return RemoteInstance(self)
 
-    def deploy_spec(self, python: str) -> dict[str, Any]:
-        return self.spec(python, "cls", self.methods)
+    def deploy_spec(self, python: str, container: str | None = None) -> dict[str, Any]:
+        return self.spec(python, "cls", self.methods, container)
 
 
 class App:

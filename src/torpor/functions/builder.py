@@ -28,7 +28,10 @@ from pathlib import Path
 from typing import Any
 
 import torpor
+from torpor.functions.containers import PYTHON as CONTAINER_PYTHON
+from torpor.functions.containers import ContainerBuilder, tag_for
 from torpor.functions.image import FILES_DIR, Image
+from torpor.runtime.containers import container_runtime
 
 MARKER = ".torpor-image.json"
 PTH_NAME = "_torpor_function_server.pth"
@@ -46,9 +49,17 @@ class BuiltImage:
     python: str
     built: bool
     seconds: float
+    # The container image's tag, for an image built by docker or podman.
+    container: str | None = None
 
     def view(self) -> dict[str, Any]:
-        return {"id": self.id, "python": self.python, "built": self.built, "seconds": self.seconds}
+        return {
+            "id": self.id,
+            "python": self.python,
+            "built": self.built,
+            "seconds": self.seconds,
+            "container": self.container,
+        }
 
 
 def torpor_root() -> Path:
@@ -89,10 +100,15 @@ def find_interpreter(version: str) -> str | None:
 
 
 class ImageBuilder:
-    def __init__(self, root: Path, installer: str | None = None):
+    def __init__(
+        self, root: Path, installer: str | None = None, container: str | bool | None = True
+    ):
         self.root = root
         # "uv" or "pip"; by default uv when it is on PATH.
         self.installer = installer or ("uv" if shutil.which("uv") else "pip")
+        # The docker or podman command line that builds images with a registry base (by
+        # default whichever is on PATH); without one they are virtual environments.
+        self.container = container_runtime() if container is True else container or None
 
     def path(self, image_id: str) -> Path:
         return self.root / image_id
@@ -114,6 +130,8 @@ class ImageBuilder:
         """Build the image (or find it built); `contents` holds its local files by SHA-256,
         base64, as `Image.contents()` sends them."""
         image = Image.from_definition(definition)  # ValueError for a bad definition
+        if image.base and self.container:
+            return await self._build_container(image, contents or {}, log)
         found = self.cached(image)
         if found is not None:
             log(f"image {image.id} is built already")
@@ -135,14 +153,36 @@ class ImageBuilder:
             log(f"image {image.id} built in {seconds:.1f}s")
             return BuiltImage(image.id, str(self.python_of(image.id)), True, seconds)
 
+    async def _build_container(
+        self, image: Image, contents: Mapping[str, str], log: Log
+    ) -> BuiltImage:
+        assert self.container is not None
+        builder = ContainerBuilder(self.container, self._exit_code)
+        tag = tag_for(image)
+        if await builder.cached(image):
+            log(f"image {image.id} is built already (container image {tag})")
+            return BuiltImage(image.id, CONTAINER_PYTHON, False, 0.0, tag)
+        self.root.mkdir(parents=True, exist_ok=True)
+        with (self.root / f".{image.id}.lock").open("w") as lock:
+            await asyncio.to_thread(fcntl.flock, lock, fcntl.LOCK_EX)
+            if await builder.cached(image):  # built by another process meanwhile
+                return BuiltImage(image.id, CONTAINER_PYTHON, False, 0.0, tag)
+            log(f"building container image {tag} from {image.base}")
+            try:
+                seconds = await builder.build(image, decode_files(image, contents), log)
+            except RuntimeError as exc:
+                raise BuildError(str(exc)) from None
+        log(f"image {image.id} built in {seconds:.1f}s (container image {tag})")
+        return BuiltImage(image.id, CONTAINER_PYTHON, True, seconds, tag)
+
     async def _build(self, image: Image, log: Log, contents: Mapping[str, str]) -> None:
         dest = self.path(image.id)
         await asyncio.to_thread(shutil.rmtree, dest, True)  # an interrupted build
         files = decode_files(image, contents)  # before anything is installed
         if image.base:
             log(
-                f"base {image.base}: no container runtime builds images here; building a "
-                f"virtual environment of Python {image.python_version} instead"
+                f"base {image.base}: no docker or podman on PATH to build a container image; "
+                f"building a virtual environment of Python {image.python_version} instead"
             )
         python = str(dest / "bin" / "python")
         if self.installer == "uv":
@@ -189,6 +229,16 @@ class ImageBuilder:
                 pth.write_text(root + "\n")
 
     async def _run(self, argv: list[str], log: Log, env: dict[str, str] | None = None) -> None:
+        code, tail = await self._exec(argv, log, env)
+        if code != 0:
+            raise BuildError(f"`{' '.join(argv)}` exited with {code}: " + " | ".join(tail[-5:]))
+
+    async def _exit_code(self, argv: list[str], log: Log) -> int:
+        return (await self._exec(argv, log, None))[0]
+
+    async def _exec(
+        self, argv: list[str], log: Log, env: dict[str, str] | None
+    ) -> tuple[int, list[str]]:
         log("$ " + " ".join(argv))
         proc = await asyncio.create_subprocess_exec(
             *argv,
@@ -210,5 +260,4 @@ class ImageBuilder:
                 proc.kill()
                 await proc.wait()
             raise
-        if code != 0:
-            raise BuildError(f"`{' '.join(argv)}` exited with {code}: " + " | ".join(tail[-5:]))
+        return code, tail

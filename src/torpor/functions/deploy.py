@@ -28,7 +28,8 @@ def deploy_app(
             images[image.id] = client.build_image(image.definition(), on_log, image.contents())
     names: list[str] = []
     for item in app.functions.values():
-        spec = item.deploy_spec(images[item.image.id].python)
+        built = images[item.image.id]
+        spec = item.deploy_spec(built.python, built.container)
         _apply(client, spec)
         names.append(spec["name"])
         if on_log is not None:
