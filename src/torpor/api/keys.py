@@ -14,6 +14,7 @@ from torpor.api.deps import AdminDep, ServicesDep
 from torpor.auth import hash_key
 from torpor.errors import NotFound
 from torpor.metering import queries
+from torpor.metering.records import money
 from torpor.services import Services
 from torpor.store.tables import ApiKeyRow
 from torpor.validation import MAX_BUDGET_USD, MAX_KEY_TOKENS
@@ -108,9 +109,9 @@ def listed_view(
     last = used.get(row.id)
     return {
         **key_view(row),
-        "spend_month_usd": round(spent.usd, 10),
+        "spend_month_usd": money(spent.usd),
         "tokens_month": spent.tokens,
-        "gpu_spend_month_usd": round(svc.meter.key_gpu_usd(row.id), 9),
+        "gpu_spend_month_usd": money(svc.meter.key_gpu_usd(row.id)),
         "last_used_at": last.isoformat() if last else None,
         "bootstrap": row.key_hash in boot,
     }

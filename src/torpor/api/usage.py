@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from decimal import Decimal
 from typing import Any
 
 from fastapi import APIRouter, Query
@@ -143,16 +142,13 @@ async def invoices(
     lines = await svc.meter.read(
         lambda ev, gpu: queries.invoice(svc.store.engine, scope, month, names, now, ev, gpu)
     )
-    for ln in lines:
-        for name in ("token_cost", "gpu_cost", "storage_cost", "total_cost"):
-            ln[name] = chargeback.money(ln[name])
     if format_ == "csv":
         return PlainTextResponse(
             queries.invoice_csv(lines),
             media_type="text/csv",
             headers={"Content-Disposition": f'attachment; filename="torpor-{month}.csv"'},
         )
-    total = chargeback.money(sum(Decimal(repr(ln["total_cost"])) for ln in lines))
+    total = queries.invoice_total(lines)  # the lines' rounded totals add up to it exactly
     return {"month": month, "data": lines, "total_cost": total}
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from datetime import UTC, datetime
-from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any
 
 from sqlalchemy import func, select
@@ -17,25 +16,15 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from torpor.metering.meter import Meter
 from torpor.metering.queries import Scope, month_bounds
-from torpor.metering.records import NANO, RequestUsage, WorkerSession
+from torpor.metering.records import RequestUsage, WorkerSession, money, money_decimal
 from torpor.metering.tables import GpuHourlyRow, UsageHourlyRow, WorkerSessionRow
 from torpor.metering.writes import GpuDelta, hour_of
-
-# Money in JSON: USD numbers rounded to the nano-dollar (9 decimals); CSV writes the same
-# with all 9 decimals.
-MONEY_PLACES = Decimal("0.000000001")
-
-
-def money(value: float | Decimal | int) -> float:
-    return float(Decimal(repr(value) if isinstance(value, float) else value).quantize(
-        MONEY_PLACES, rounding=ROUND_HALF_EVEN
-    ))  # fmt: skip
 
 
 def _key_line(key_id: str, names: dict[str, str]) -> dict[str, Any]:
     return {
         "key_id": key_id, "key_name": names.get(key_id), "deployments": set(),
-        "requests": 0, "prompt_tokens": 0, "completion_tokens": 0, "token_cost": 0.0,
+        "requests": 0, "prompt_tokens": 0, "completion_tokens": 0, "token_cost_nusd": 0,
         "gpu_seconds": 0.0, "gpu_cost_nusd": 0, "cold_start_gpu_seconds": 0.0,
     }  # fmt: skip
 
@@ -86,7 +75,7 @@ async def _read(
     async with AsyncSession(engine) as s:
         rows = await s.execute(
             select(h.key_id, h.deployment, func.sum(h.requests), func.sum(h.prompt_tokens),
-                   func.sum(h.completion_tokens), func.sum(h.cost))
+                   func.sum(h.completion_tokens), func.sum(h.cost_nusd))
             .where(h.hour >= start, h.hour < end, scope.hourly())
             .group_by(h.key_id, h.deployment)
         )  # fmt: skip
@@ -96,7 +85,7 @@ async def _read(
             ln["requests"] += int(n or 0)
             ln["prompt_tokens"] += int(pt or 0)
             ln["completion_tokens"] += int(ct or 0)
-            ln["token_cost"] += float(cost or 0)
+            ln["token_cost_nusd"] += int(cost or 0)
         gpu_rows = await s.execute(
             select(g.key_id, g.deployment, func.sum(g.gpu_seconds), func.sum(g.idle_gpu_seconds),
                    func.sum(g.startup_gpu_seconds), func.sum(g.cold_start_gpu_seconds),
@@ -122,7 +111,7 @@ async def _read(
             ln["requests"] += 1
             ln["prompt_tokens"] += e.prompt_tokens
             ln["completion_tokens"] += e.completion_tokens
-            ln["token_cost"] += e.cost
+            ln["token_cost_nusd"] += e.cost_nusd
     for d in gpu:
         if start <= d.hour < end:
             _add_gpu(scope, key, dep, d)
@@ -135,17 +124,20 @@ async def _read(
                 b, e2 = max(_utc(began), start), min(_utc(ended), end)
                 dep(name)["billed_gpu_seconds"] += max(0.0, (e2 - b).total_seconds()) * gpus
     data = []
-    for ln in sorted(keys.values(), key=lambda x: (-x["token_cost"], x["key_id"])):
-        gpu_cost = ln.pop("gpu_cost_nusd") / NANO
+    for ln in sorted(keys.values(), key=lambda x: (-x["token_cost_nusd"], x["key_id"])):
+        # Money rounded to MONEY_PLACES (torpor.metering.records); the total is the sum of
+        # the rounded parts.
+        token = money_decimal(ln.pop("token_cost_nusd"), nano=True)
+        gpu_cost = money_decimal(ln.pop("gpu_cost_nusd"), nano=True)
         ln["deployments"] = sorted(ln["deployments"])
         ln["total_tokens"] = ln["prompt_tokens"] + ln["completion_tokens"]
-        ln["gpu_cost"] = money(gpu_cost)
-        ln["total_cost"] = money(ln["token_cost"] + gpu_cost)
-        ln["token_cost"] = money(ln["token_cost"])
+        ln["token_cost"] = float(token)
+        ln["gpu_cost"] = float(gpu_cost)
+        ln["total_cost"] = float(token + gpu_cost)
         data.append(ln)
     own = []
     for d2 in sorted(deps.values(), key=lambda x: x["deployment"]):
-        d2["gpu_cost"] = money(d2.pop("gpu_cost_nusd") / NANO)
+        d2["gpu_cost"] = float(money_decimal(d2.pop("gpu_cost_nusd"), nano=True))
         own.append(d2)
     return {"month": month, "data": data, "deployments": own if scope.key_id is None else []}
 

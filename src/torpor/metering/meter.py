@@ -129,13 +129,13 @@ class Meter:
                     h.key_id,
                     h.deployment,
                     func.sum(h.prompt_tokens + h.completion_tokens),
-                    func.sum(h.cost),
+                    func.sum(h.cost_nusd),
                 )
                 .where(h.hour >= start)
                 .group_by(h.key_id, h.deployment)
             )
-            for key_id, dep, tokens, cost in rows:
-                self._add_spend(key_id, dep, int(tokens or 0), float(cost or 0.0))
+            for key_id, dep, tokens, nusd in rows:
+                self._add_spend(key_id, dep, int(tokens or 0), int(nusd or 0) / NANO)
             g = GpuHourlyRow
             gpu = await s.execute(
                 select(g.key_id, g.deployment, func.sum(g.cost_nusd))
@@ -146,12 +146,12 @@ class Meter:
                 self._add_gpu_spend(dep, key_id or None, int(nusd or 0) / NANO)
             st = StorageHourlyRow
             storage = await s.execute(
-                select(st.deployment, func.sum(st.cost))
+                select(st.deployment, func.sum(st.cost_nusd))
                 .where(st.hour >= start)
                 .group_by(st.deployment)
             )
-            for dep, cost in storage:
-                self._add_dep_usd(dep, float(cost or 0.0))
+            for dep, nusd in storage:
+                self._add_dep_usd(dep, int(nusd or 0) / NANO)
             totals = await s.execute(
                 select(h.deployment, func.sum(h.requests)).group_by(h.deployment)
             )
@@ -311,11 +311,11 @@ class Meter:
     def record(self, usage: RequestUsage, hold: Reservation | None = None) -> None:
         if hold is not None:
             self._release(hold)
-        usage.cost = self.prices_for(usage.deployment).request_cost(
+        usage.cost_nusd = self.prices_for(usage.deployment).request_nusd(
             usage.prompt_tokens, usage.completion_tokens
         )
         self._roll_month()
-        self._add_spend(usage.key_id, usage.deployment, usage.tokens, usage.cost)
+        self._add_spend(usage.key_id, usage.deployment, usage.tokens, usage.cost_nusd / NANO)
         self.total_requests[usage.deployment] += 1
         self._events.append(usage)
         self.metrics.observe_request(usage)
@@ -536,17 +536,17 @@ class Meter:
             for dep, size in sizes.items():
                 gb = size / 1e9
                 gb_s = gb * seconds
-                cost = self.prices_for(dep).storage_cost(gb_s)
-                self.metrics.observe_storage(dep, gb, cost)
+                nusd = self.prices_for(dep).storage_nusd(gb_s)
+                self.metrics.observe_storage(dep, gb, nusd / NANO)
                 await writes.upsert_add(
                     s,
                     StorageHourlyRow,
                     {"hour": hour_of(now), "deployment": dep},
-                    {"gb_seconds": gb_s, "cost": cost},
+                    {"gb_seconds": gb_s, "cost_nusd": nusd},
                     {"last_gb": gb},
                 )
         for dep, size in sizes.items():
-            self._add_dep_usd(dep, self.prices_for(dep).storage_cost(size / 1e9 * seconds))
+            self._add_dep_usd(dep, self.prices_for(dep).storage_nusd(size / 1e9 * seconds) / NANO)
 
     async def prune(self) -> int:
         """Delete raw events past retention (rollups stay)."""

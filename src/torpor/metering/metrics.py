@@ -122,7 +122,7 @@ class Metrics:
             c.ttft.observe(u.ttft_ms / 1000)
         if u.cold_start:
             c.cold_starts.inc()
-        c.cost.inc(u.cost)
+        c.cost.inc(u.cost_nusd / 1e9)
 
     def observe_cold_start(self, deployment: str, seconds: float) -> None:
         self.cold_starts.labels(deployment).observe(seconds)

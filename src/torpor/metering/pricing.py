@@ -3,8 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from decimal import Decimal
 
 HOURS_PER_MONTH = 730.0
+_NANO_PER_MTOK = Decimal(1000)  # nano-dollars per token at $1 per million tokens
+_NANO_PER_GB_SECOND_MONTH = Decimal(1_000_000_000) / Decimal(3600) / Decimal(repr(HOURS_PER_MONTH))
+
+
+def _d(value: float) -> Decimal:
+    return Decimal(repr(value))
 
 
 @dataclass(frozen=True)
@@ -17,13 +24,17 @@ class Prices:
     gpu_hourly: float
     storage_gb_month: float
 
-    def request_cost(self, prompt_tokens: int, completion_tokens: int) -> float:
-        return (
-            prompt_tokens * self.prompt_per_mtok + completion_tokens * self.completion_per_mtok
-        ) / 1_000_000
+    def request_nusd(self, prompt_tokens: int, completion_tokens: int) -> int:
+        """A request's token cost in integer nano-dollars (exact decimals, then rounded)."""
+        cost = prompt_tokens * _d(self.prompt_per_mtok) + completion_tokens * _d(
+            self.completion_per_mtok
+        )
+        return int((cost * _NANO_PER_MTOK).to_integral_value())
 
     def worker_cost(self, seconds: float, devices: int) -> float:
         return seconds / 3600.0 * max(devices, 0) * self.gpu_hourly
 
-    def storage_cost(self, gb_seconds: float) -> float:
-        return gb_seconds / 3600.0 / HOURS_PER_MONTH * self.storage_gb_month
+    def storage_nusd(self, gb_seconds: float) -> int:
+        """Storage cost of `gb_seconds` in integer nano-dollars."""
+        cost = _d(gb_seconds) * _d(self.storage_gb_month) * _NANO_PER_GB_SECOND_MONTH
+        return int(cost.to_integral_value())

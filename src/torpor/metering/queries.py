@@ -14,6 +14,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import ColumnElement, and_, func, select, true
@@ -21,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from torpor.metering.meter import RequestUsage, hour_of
 from torpor.metering.pricing import HOURS_PER_MONTH
+from torpor.metering.records import money, money_decimal
 from torpor.metering.tables import (
     GpuHourlyRow,
     StorageHourlyRow,
@@ -72,7 +74,7 @@ def _matches(scope: Scope, e: RequestUsage) -> bool:
 def _event_acc(e: RequestUsage) -> _Acc:
     ttft = e.ttft_ms if e.ttft_ms is not None else e.latency_ms
     return _Acc(1, int(e.status >= 400), e.prompt_tokens, e.completion_tokens, e.latency_ms,
-                ttft, 1, int(e.cold_start), e.cost)  # fmt: skip
+                ttft, 1, int(e.cold_start), e.cost_nusd)  # fmt: skip
 
 
 def _ceil_hour(at: datetime) -> datetime:
@@ -90,7 +92,7 @@ class _Acc:
     ttft_sum: float = 0.0
     ttft_count: int = 0
     cold_starts: int = 0
-    cost: float = 0.0
+    cost_nusd: int = 0
 
     def add(self, other: _Acc) -> None:
         for name in self.__dataclass_fields__:
@@ -106,7 +108,7 @@ class _Acc:
             "avg_latency_ms": round(self.latency_sum / self.requests, 3) if self.requests else 0.0,
             "avg_ttft_ms": round(self.ttft_sum / self.ttft_count, 3) if self.ttft_count else 0.0,
             "cold_starts": self.cold_starts,
-            "cost": self.cost,
+            "cost": money(self.cost_nusd, nano=True),
         }
 
 
@@ -121,7 +123,7 @@ _ROLLUP_SUMS = (
     func.sum(_H.ttft_ms_sum).label("ttft_ms_sum"),
     func.sum(_H.ttft_count).label("ttft_count"),
     func.sum(_H.cold_starts).label("cold_starts"),
-    func.sum(_H.cost).label("cost"),
+    func.sum(_H.cost_nusd).label("cost_nusd"),
 )
 
 
@@ -129,7 +131,7 @@ def _hourly_acc(r: Any) -> _Acc:
     return _Acc(
         int(r.requests or 0), int(r.errors or 0), int(r.prompt_tokens or 0),
         int(r.completion_tokens or 0), float(r.latency_ms_sum or 0), float(r.ttft_ms_sum or 0),
-        int(r.ttft_count or 0), int(r.cold_starts or 0), float(r.cost or 0),
+        int(r.ttft_count or 0), int(r.cold_starts or 0), int(r.cost_nusd or 0),
     )  # fmt: skip
 
 
@@ -172,7 +174,7 @@ async def _grouped(
                     func.sum(func.coalesce(e.ttft_ms, e.latency_ms)).label("ttft_ms_sum"),
                     func.count().label("ttft_count"),
                     func.sum(func.cast(e.cold_start, type_=h.requests.type)).label("cold_starts"),
-                    func.sum(e.cost).label("cost"),
+                    func.sum(e.cost_nusd).label("cost_nusd"),
                 )
                 .where(e.at >= start, e.at < h0, scope.events())
                 .group_by(*egroup)
@@ -245,7 +247,7 @@ async def timeseries(
             e = UsageEventRow
             raw = await s.execute(
                 select(e.at, e.status, e.prompt_tokens, e.completion_tokens, e.latency_ms,
-                       e.ttft_ms, e.cold_start, e.cost).where(e.at >= start, scope.events())
+                       e.ttft_ms, e.cold_start, e.cost_nusd).where(e.at >= start, scope.events())
             )  # fmt: skip
             for at, status, pt, ct, lat, ttft, cold, cost in raw:
                 acc = buckets[_bucket(_utc(at), start, step)]
@@ -379,22 +381,22 @@ async def invoice(
         return lines.setdefault((key_id, dep), {
             "key_id": key_id, "key_name": key_names.get(key_id or "") if key_id else None,
             "deployment": dep, "requests": 0, "prompt_tokens": 0, "completion_tokens": 0,
-            "token_cost": 0.0, "gpu_hours": 0.0, "gpu_cost": 0.0,
-            "storage_gb_months": 0.0, "storage_cost": 0.0,
+            "token_cost": 0, "gpu_hours": 0.0, "gpu_cost": 0,
+            "storage_gb_months": 0.0, "storage_cost": 0,
         })  # fmt: skip
 
     h = UsageHourlyRow
     async with AsyncSession(engine) as s:
         rows = await s.execute(
             select(h.key_id, h.deployment, func.sum(h.requests), func.sum(h.prompt_tokens),
-                   func.sum(h.completion_tokens), func.sum(h.cost))
+                   func.sum(h.completion_tokens), func.sum(h.cost_nusd))
             .where(h.hour >= start, h.hour < end, scope.hourly())
             .group_by(h.key_id, h.deployment)
         )  # fmt: skip
         for key_id, dep, n, pt, ct, cost in rows:
             ln = line(key_id, dep)
             ln.update(requests=int(n or 0), prompt_tokens=int(pt or 0),
-                      completion_tokens=int(ct or 0), token_cost=float(cost or 0))  # fmt: skip
+                      completion_tokens=int(ct or 0), token_cost=int(cost or 0))  # fmt: skip
         # GPU time: attributed to keys (chargeback), the rest (idle, start-up) to the
         # deployment's own line; all lines of a deployment sum to its workers' billed time.
         g = GpuHourlyRow
@@ -410,11 +412,11 @@ async def invoice(
                 continue
             ln = line(key_id or None, dep)
             ln["gpu_hours"] += float(seconds or 0) / 3600
-            ln["gpu_cost"] += int(nusd or 0) / 1e9
+            ln["gpu_cost"] += int(nusd or 0)
         if scope.key_id is None:
             st = StorageHourlyRow
             storage = await s.execute(
-                select(st.deployment, func.sum(st.gb_seconds), func.sum(st.cost))
+                select(st.deployment, func.sum(st.gb_seconds), func.sum(st.cost_nusd))
                 .where(st.hour >= start, st.hour < end).group_by(st.deployment)
             )  # fmt: skip
             for dep, gb_s, cost in storage:
@@ -424,21 +426,26 @@ async def invoice(
                     continue
                 ln = line(None, dep)
                 ln["storage_gb_months"] = float(gb_s or 0) / 3600 / HOURS_PER_MONTH
-                ln["storage_cost"] = float(cost or 0)
+                ln["storage_cost"] = int(cost or 0)
     for ev in pending:
         if start <= ev.at < end and _matches(scope, ev):
             ln = line(ev.key_id, ev.deployment)
             ln["requests"] += 1
             ln["prompt_tokens"] += ev.prompt_tokens
             ln["completion_tokens"] += ev.completion_tokens
-            ln["token_cost"] += ev.cost
+            ln["token_cost"] += ev.cost_nusd
     out = []
     for ln in lines.values():
-        ln["total_cost"] = ln["token_cost"] + ln["gpu_cost"] + ln["storage_cost"]
+        # Money rounded to MONEY_PLACES; the line's total is the sum of its rounded parts.
+        parts = [money_decimal(ln[n], nano=True) for n in _COSTS]
+        for name, part in zip(_COSTS, parts, strict=True):
+            ln[name] = float(part)
+        ln["total_cost"] = float(sum(parts, Decimal(0)))
         out.append(ln)
     return sorted(out, key=lambda r: (r["deployment"], r["key_id"] or ""))
 
 
+_COSTS = ("token_cost", "gpu_cost", "storage_cost")
 INVOICE_COLUMNS = (
     "key_id", "key_name", "deployment", "requests", "prompt_tokens", "completion_tokens",
     "token_cost", "gpu_hours", "gpu_cost", "storage_gb_months", "storage_cost", "total_cost",
@@ -453,10 +460,19 @@ def _in_scope(scope: Scope, dep: str, key_id: str | None) -> bool:
     return scope.key_id is None or key_id == scope.key_id
 
 
+def invoice_total(lines: list[dict[str, Any]]) -> float:
+    """The sum of the lines' (rounded) totals, exactly."""
+    return float(sum((money_decimal(ln["total_cost"]) for ln in lines), Decimal(0)))
+
+
 def invoice_csv(lines: list[dict[str, Any]]) -> str:
+    """Invoice lines as CSV, money with MONEY_PLACES fixed decimals."""
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=INVOICE_COLUMNS, lineterminator="\n")
     writer.writeheader()
     for ln in lines:
-        writer.writerow({k: ln.get(k) for k in INVOICE_COLUMNS})
+        row = {k: ln.get(k) for k in INVOICE_COLUMNS}
+        for name in (*_COSTS, "total_cost"):
+            row[name] = f"{money_decimal(ln[name]):f}"
+        writer.writerow(row)
     return buf.getvalue()

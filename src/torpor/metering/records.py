@@ -8,13 +8,17 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal
+from decimal import ROUND_HALF_EVEN, Decimal
 
 from torpor.errors import TorporError
 from torpor.metering.budget import Spent
 from torpor.metering.gpu import BusyClock
 
 NANO = 1_000_000_000
+# Money in JSON: USD numbers rounded (half to even) to 6 decimals from the exact amounts;
+# a total is the sum of its rounded parts, so parts add up to it exactly. CSV: 6 fixed
+# decimals. Stored amounts are integer nano-dollars.
+MONEY_PLACES = Decimal("0.000001")
 
 
 class BudgetExceeded(TorporError):
@@ -40,7 +44,8 @@ class RequestUsage:
     queue_ms: float
     cold_start: bool
     stream: bool
-    cost: float = 0.0
+    # Token cost in integer nano-dollars (computed exactly from the prices).
+    cost_nusd: int = 0
 
     @property
     def tokens(self) -> int:
@@ -115,6 +120,20 @@ def month_start(at: datetime) -> datetime:
 def new_month(at: datetime) -> Month:
     start = month_start(at)
     return Month(month_key(start), ends=(start + timedelta(days=32)).replace(day=1))
+
+
+def money_decimal(value: float | Decimal | int, nano: bool = False) -> Decimal:
+    """`value` USD (or nano-dollars when `nano`) at the fixed precision of MONEY_PLACES."""
+    if isinstance(value, float):
+        amount = Decimal(repr(value))
+    else:
+        amount = Decimal(value) / NANO if nano else Decimal(value)
+    return amount.quantize(MONEY_PLACES, rounding=ROUND_HALF_EVEN)
+
+
+def money(value: float | Decimal | int, nano: bool = False) -> float:
+    """A money amount for JSON: a number rounded to MONEY_PLACES (see there)."""
+    return float(money_decimal(value, nano))
 
 
 def nano_usd(seconds: float, rate_hourly: float) -> int:

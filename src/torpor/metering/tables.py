@@ -33,7 +33,8 @@ class UsageEventRow(Base):
     queue_ms: Mapped[float] = mapped_column(Float)
     cold_start: Mapped[bool] = mapped_column(Boolean)
     stream: Mapped[bool] = mapped_column(Boolean)
-    cost: Mapped[float] = mapped_column(Float)
+    # Money in integer nano-dollars (migration 0008).
+    cost_nusd: Mapped[int] = mapped_column(BigInteger)
 
 
 class UsageHourlyRow(Base):
@@ -52,7 +53,7 @@ class UsageHourlyRow(Base):
     ttft_ms_sum: Mapped[float] = mapped_column(Float)
     ttft_count: Mapped[int] = mapped_column(Integer)
     cold_starts: Mapped[int] = mapped_column(Integer)
-    cost: Mapped[float] = mapped_column(Float)
+    cost_nusd: Mapped[int] = mapped_column(BigInteger)
 
 
 class WorkerSessionRow(Base):
@@ -83,7 +84,7 @@ class StorageHourlyRow(Base):
     deployment: Mapped[str] = mapped_column(String(63), primary_key=True)
     gb_seconds: Mapped[float] = mapped_column(Float)
     last_gb: Mapped[float] = mapped_column(Float)
-    cost: Mapped[float] = mapped_column(Float)
+    cost_nusd: Mapped[int] = mapped_column(BigInteger)
 
 
 class GpuHourlyRow(Base):

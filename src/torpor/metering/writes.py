@@ -69,7 +69,7 @@ def event_values(e: RequestUsage) -> dict[str, Any]:
         "queue_ms": e.queue_ms,
         "cold_start": e.cold_start,
         "stream": e.stream,
-        "cost": e.cost,
+        "cost_nusd": e.cost_nusd,
     }
 
 
@@ -105,7 +105,7 @@ def rollup_groups(events: list[RequestUsage]) -> dict[tuple[datetime, str, str],
                 "ttft_ms_sum": 0.0,
                 "ttft_count": 0,
                 "cold_starts": 0,
-                "cost": 0.0,
+                "cost_nusd": 0,
             },
         )
         g["requests"] += 1
@@ -116,7 +116,7 @@ def rollup_groups(events: list[RequestUsage]) -> dict[tuple[datetime, str, str],
         g["ttft_ms_sum"] += e.ttft_ms if e.ttft_ms is not None else e.latency_ms
         g["ttft_count"] += 1
         g["cold_starts"] += 1 if e.cold_start else 0
-        g["cost"] += e.cost
+        g["cost_nusd"] += e.cost_nusd
     return groups
 
 
