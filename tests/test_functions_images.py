@@ -14,8 +14,8 @@ import pytest
 
 from tests.conftest import TorporServer
 from tests.test_functions import images_built, wait
+from torpor.funcproto.pickling import Codec
 from torpor.functions.loader import apps_in, load_module
-from torpor.functions.pickling import Codec
 from torpor.sdk import BadRequestError, Client, NoCapacityError
 
 GPU_APP = """

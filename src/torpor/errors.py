@@ -1,4 +1,12 @@
-"""The exception hierarchy and the one function that renders the OpenAI error envelope."""
+"""Every exception class of torpor's server side, and the one function that renders the
+OpenAI error envelope.
+
+`TorporError` and its subclasses are what callers see (status, type, code); the others are
+raised and caught inside torpor. Defined elsewhere, on purpose (docs/architecture.md,
+checked by tests/test_layers.py): the SDK's own hierarchy (`torpor.sdk.errors`, what a
+client catches) and the exceptions of code that runs in a worker's own environment
+(`torpor.functions.server`, `torpor.llamacpp_worker`).
+"""
 
 from __future__ import annotations
 
@@ -147,11 +155,74 @@ class RayUnavailable(TorporError):
     default_message = "The Ray cluster cannot be reached"
 
 
+class BudgetExceeded(TorporError):
+    """A request (or a scale-up) that may not fit in a key's or a deployment's budget."""
+
+    status = 429
+    type = "budget_exceeded"
+    code = "budget_exceeded"
+    default_message = "Budget exceeded"
+
+
+class EngineRejected(TorporError):
+    """An engine's 4xx that was not in the OpenAI envelope, now in it with its status."""
+
+    type = "invalid_request_error"
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+        self.code = "not_found" if status == 404 else f"engine_{status}"
+
+
+class EngineFailed(UpstreamError):
+    """An engine's 5xx that is not the caller's fault: 502 with the engine's reason."""
+
+
 class ModelFetchFailed(TorporError):
     """A node could not fetch a worker's model into its cache (the worker fails with it)."""
 
     code = "model_fetch_failed"
     default_message = "The model could not be fetched on the worker's node"
+
+
+# Raised and caught inside torpor (never an HTTP answer by themselves).
+
+
+class InvalidTransition(ValueError):
+    """A state change the transition table does not allow (torpor.states)."""
+
+
+class ModelError(Exception):
+    """The model cannot be made available; the message is shown on the deployment."""
+
+
+class BuildError(Exception):
+    """A function image could not be built: the message names the step and its last output."""
+
+
+class WorkerUnreachable(Exception):
+    """The worker failed before any byte reached the client: safe to try another."""
+
+
+class PromptReady(Exception):
+    """Inside the llama.cpp worker (torpor.llamacpp_worker): the chat handler reached the
+    prompt's tokens, `tokens` of them, and generates nothing."""
+
+    def __init__(self, tokens: int):
+        super().__init__(tokens)
+        self.tokens = tokens
+
+
+class AddressNotAllowed(OSError):
+    """A webhook host resolved to an address torpor may not connect to."""
+
+    # The status class a delivery records (never the address itself).
+    status_class = "address not allowed"
+
+    def __init__(self, reason: str):
+        super().__init__(f"{self.status_class} ({reason})")
+        self.reason = reason
 
 
 def error_body(exc: TorporError) -> dict[str, Any]:

@@ -26,13 +26,9 @@ from fastapi import Body, HTTPException
 from llama_cpp.server import app as server_app
 from llama_cpp.server.__main__ import main
 
+from torpor.errors import PromptReady
+
 COUNT_ROUTE = "/torpor/tokenize/count"
-
-
-class _PromptReady(Exception):
-    def __init__(self, tokens: int):
-        super().__init__(tokens)
-        self.tokens = tokens
 
 
 class _StopAtPrompt:
@@ -47,7 +43,7 @@ class _StopAtPrompt:
     def create_completion(self, prompt: Any, *args: Any, **kwargs: Any) -> Any:
         if isinstance(prompt, str):
             prompt = self._llama.tokenize(prompt.encode("utf-8"), special=True)
-        raise _PromptReady(len(prompt))
+        raise PromptReady(len(prompt))
 
     __call__ = create_completion
 
@@ -70,7 +66,7 @@ def count_tokens(llama: Any, body: dict[str, Any]) -> int:
                 functions=body.get("functions"),
                 function_call=body.get("function_call"),
             )
-        except _PromptReady as ready:
+        except PromptReady as ready:
             return ready.tokens
         raise ValueError("the chat handler did not reach the prompt")
     if isinstance(body.get("prompt"), str):

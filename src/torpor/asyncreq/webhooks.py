@@ -29,6 +29,7 @@ from torpor.asyncreq.policy import SIGNATURE_HEADER, WebhookState, backoff_s, si
 from torpor.asyncreq.store import AsyncStore
 from torpor.asyncreq.tables import AsyncRequestRow
 from torpor.asyncreq.views import request_view
+from torpor.errors import AddressNotAllowed
 from torpor.loops import tick_forever
 from torpor.netguard import (
     IPAddress,
@@ -70,7 +71,7 @@ class Poster(Protocol):
 
 # Status classes recorded as a delivery's `last_error`: never exception text, host or port,
 # so that the caller who chose the URL learns nothing about what answered there.
-ADDRESS_NOT_ALLOWED = "address not allowed"
+ADDRESS_NOT_ALLOWED = AddressNotAllowed.status_class
 CONNECTION_FAILED = "connection failed"
 TIMED_OUT = "timed out"
 INVALID_URL = "invalid url"
@@ -98,14 +99,6 @@ def failure_class(exc: BaseException) -> str:
     if isinstance(exc, TimeoutError):
         return TIMED_OUT
     return CONNECTION_FAILED
-
-
-class AddressNotAllowed(OSError):
-    """A webhook host resolved to an address torpor may not connect to."""
-
-    def __init__(self, reason: str):
-        super().__init__(f"{ADDRESS_NOT_ALLOWED} ({reason})")
-        self.reason = reason
 
 
 class GuardedResolver(AbstractResolver):

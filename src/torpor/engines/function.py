@@ -15,10 +15,14 @@ from typing import TYPE_CHECKING, Any
 
 from torpor.engines.base import EngineLaunch, check_str, refuse_unknown_options
 from torpor.engines.custom import CustomEngine
-from torpor.functions.app import MAX_SOURCE_BYTES
-from torpor.functions.pickling import SERIALIZATIONS
-from torpor.functions.routes import CALL_ROUTES, HEALTH_PATH, SPEC_ENV
-from torpor.functions.server import encode_spec
+from torpor.funcproto.pickling import SERIALIZATIONS
+from torpor.funcproto.routes import (
+    CALL_ROUTES,
+    HEALTH_PATH,
+    MAX_SOURCE_BYTES,
+    SPEC_ENV,
+    encode_spec,
+)
 
 if TYPE_CHECKING:
     from torpor.spec import DeploymentSpec

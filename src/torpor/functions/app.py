@@ -17,16 +17,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
-from torpor.functions.gpu import parse_gpu
-from torpor.functions.image import Image
-from torpor.functions.pickling import (
+from torpor.funcproto.pickling import (
     SERIALIZATIONS,
     Codec,
     Serialization,
     installs_cloudpickle,
     requirement,
 )
-from torpor.functions.routes import deployment_name, slug
+from torpor.funcproto.routes import MAX_SOURCE_BYTES, deployment_name, slug
+from torpor.functions.gpu import parse_gpu
+from torpor.functions.image import Image
 
 if TYPE_CHECKING:
     from torpor.sdk.client import Client
@@ -38,7 +38,6 @@ C = TypeVar("C", bound=type)
 
 ENTER_MARK = "__torpor_enter__"
 METHOD_MARK = "__torpor_method__"
-MAX_SOURCE_BYTES = 64 * 1024
 
 
 def enter() -> Callable[[Callable[P, R]], Callable[P, R]]:

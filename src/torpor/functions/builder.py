@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import torpor
+from torpor.errors import BuildError
 from torpor.functions.containers import PYTHON as CONTAINER_PYTHON
 from torpor.functions.containers import ContainerBuilder, tag_for
 from torpor.functions.image import FILES_DIR, Image
@@ -37,10 +38,6 @@ MARKER = ".torpor-image.json"
 PTH_NAME = "_torpor_function_server.pth"
 
 Log = Callable[[str], None]
-
-
-class BuildError(Exception):
-    """An image could not be built: the message names the step and its last output."""
 
 
 @dataclass(frozen=True)

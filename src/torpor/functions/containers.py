@@ -29,8 +29,9 @@ LIB_DIR = "/torpor/lib"
 PYTHON = "python"
 # What of torpor the function server needs in the container (standard library only).
 SERVER_MODULES = ("__init__.py", "functions/__init__.py", "functions/app.py",
-                  "functions/gpu.py", "functions/image.py", "functions/pickling.py",
-                  "functions/routes.py", "functions/server.py")  # fmt: skip
+                  "functions/gpu.py", "functions/image.py", "functions/server.py",
+                  "funcproto/__init__.py", "funcproto/pickling.py",
+                  "funcproto/routes.py")  # fmt: skip
 
 Log = Callable[[str], None]
 Run = Callable[[list[str], Log], Awaitable[int]]

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from torpor.functions.routes import SPEC_ENV
+from torpor.funcproto.routes import SPEC_ENV
 
 FORMAT = 1
 _VERSION_RE = re.compile(r"^3\.\d{1,2}$")

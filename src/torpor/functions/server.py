@@ -11,7 +11,7 @@ creates the class instance and runs its `@torpor.enter()` methods, then answers:
   code `function_error`, the exception's type and the traceback text. A function deployed
   with `serialization="pickle"` also takes `{"pickle": "<base64 cloudpickle of (args,
   kwargs)>"}` and answers those with `{"pickle": "<base64 cloudpickle of the result>"}`;
-  the others refuse a pickled call with 400 (see torpor.functions.pickling).
+  the others refuse a pickled call with 400 (see torpor.funcproto.pickling).
 
 Standard library only: it runs in the image's environment, where the user's packages, not
 torpor's dependencies, are installed.
@@ -20,7 +20,6 @@ torpor's dependencies, are installed.
 from __future__ import annotations
 
 import argparse
-import base64
 import importlib
 import json
 import os
@@ -32,26 +31,17 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+from torpor.funcproto.pickling import PICKLE_KEY, pickle_result, unpickle_call
+from torpor.funcproto.routes import CALL_PATH, HEALTH_PATH, SPEC_ENV, decode_spec
 from torpor.functions.image import FILES_DIR
-from torpor.functions.pickling import PICKLE_KEY, pickle_result, unpickle_call
-from torpor.functions.routes import CALL_PATH, HEALTH_PATH, SPEC_ENV
 
 MAX_BODY = 64 * 1024 * 1024
 
 
 class CallError(Exception):
-    """A request the server refuses before user code runs (400, invalid_request_error)."""
+    """A request the server refuses before user code runs (400, invalid_request_error).
 
-
-def encode_spec(spec: dict[str, Any]) -> str:
-    return base64.b64encode(json.dumps(spec).encode()).decode()
-
-
-def decode_spec(value: str) -> dict[str, Any]:
-    spec = json.loads(base64.b64decode(value))
-    if not isinstance(spec, dict):
-        raise ValueError(f"{SPEC_ENV} must hold a JSON object")
-    return spec
+    Defined here, not in torpor.errors: the worker imports the standard library only."""
 
 
 def load_module(spec: dict[str, Any], workdir: Path) -> Any:

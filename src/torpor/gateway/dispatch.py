@@ -32,6 +32,7 @@ from torpor.errors import (
     InferenceTimeout,
     TorporError,
     UpstreamError,
+    WorkerUnreachable,
     error_body,
 )
 from torpor.gateway.engine_errors import engine_error
@@ -182,10 +183,6 @@ def _json_object(body: bytes) -> dict[str, Any]:
     return payload if isinstance(payload, dict) else {}
 
 
-class _WorkerUnreachable(Exception):
-    """The worker failed before any byte reached the client: safe to try another."""
-
-
 @dataclass(frozen=True)
 class Dispatcher:
     gate_for: Callable[[str], DeploymentGate | None]
@@ -251,7 +248,7 @@ class Dispatcher:
                 if trace.status == InferenceTimeout.status:  # in-band, mid-stream
                     self._timed_out(req.deployment, lease.worker_id)
                 return
-            except _WorkerUnreachable as exc:
+            except WorkerUnreachable as exc:
                 log.warning(
                     "worker %s unreachable (attempt %d): %s", lease.worker_id, attempt + 1, exc
                 )
@@ -369,14 +366,14 @@ class _Upstream:
                 timeout=self.timeout,
             )
         except aiohttp.ConnectionTimeoutError as exc:
-            raise _WorkerUnreachable("connect timeout") from exc
+            raise WorkerUnreachable("connect timeout") from exc
         except TimeoutError:
             # The worker accepted the request and stayed silent: never sent twice.
             raise self.deps.timeout_error() from None
         except (aiohttp.ClientConnectionError, aiohttp.ClientOSError) as exc:
             # Refused, reset, or the process died before answering: nothing reached the
             # client, and a dead worker did not run the request to its end.
-            raise _WorkerUnreachable(str(exc) or type(exc).__name__) from exc
+            raise WorkerUnreachable(str(exc) or type(exc).__name__) from exc
         complete = False
         try:
             if req.stream and resp.status == 200:
@@ -389,7 +386,7 @@ class _Upstream:
                 except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as exc:
                     if out.started:
                         raise UpstreamError() from exc
-                    raise _WorkerUnreachable(str(exc)) from exc
+                    raise WorkerUnreachable(str(exc)) from exc
                 await self._relay(resp, data, worker, out)
             complete = True
         finally:

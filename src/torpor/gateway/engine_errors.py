@@ -20,7 +20,7 @@ from typing import Any
 
 import orjson
 
-from torpor.errors import BadRequest, TorporError, UpstreamError
+from torpor.errors import BadRequest, EngineFailed, EngineRejected, TorporError
 
 MAX_MESSAGE_CHARS = 400
 _RETRYABLE = frozenset({429, 503})
@@ -31,21 +31,6 @@ _PATH = re.compile(r"(?<![\w.:/])/(?:[\w.@+-]+/)+[\w.@+-]*")
 # Pydantic's summary line: "1 validation error" / "7 validation errors for X".
 _VALIDATION = re.compile(r"^\s*(\d+) validation errors?\b", re.IGNORECASE)
 _VALIDATION_LINE = re.compile(r"^\s*(\{.*\})\s*$")
-
-
-class EngineRejected(TorporError):
-    """An engine's 4xx that was not in the OpenAI envelope, now in it with its status."""
-
-    type = "invalid_request_error"
-
-    def __init__(self, status: int, message: str):
-        super().__init__(message)
-        self.status = status
-        self.code = "not_found" if status == 404 else f"engine_{status}"
-
-
-class EngineFailed(UpstreamError):
-    """An engine's 5xx that is not the caller's fault: 502 with the engine's reason."""
 
 
 def engine_error(status: int, body: bytes, route: str) -> TorporError | None:

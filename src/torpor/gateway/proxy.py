@@ -34,8 +34,8 @@ from torpor.errors import (
     error_body,
     sse_error_event,
 )
-from torpor.functions.routes import PREFIX as FUNCTIONS_PREFIX
-from torpor.functions.routes import split_function_path
+from torpor.funcproto.routes import PREFIX as FUNCTIONS_PREFIX
+from torpor.funcproto.routes import split_function_path
 from torpor.gateway.dispatch import Dispatcher, UpstreamRequest
 from torpor.gateway.responses_api import ChatCall, ResponsesApi
 from torpor.gateway.state import ResponseStore

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_EVEN, Decimal
 
-from torpor.errors import TorporError
+from torpor.errors import BudgetExceeded as BudgetExceeded
 from torpor.metering.budget import Spent
 from torpor.metering.gpu import BusyClock
 
@@ -19,13 +19,6 @@ NANO = 1_000_000_000
 # a total is the sum of its rounded parts, so parts add up to it exactly. CSV: 6 fixed
 # decimals. Stored amounts are integer nano-dollars.
 MONEY_PLACES = Decimal("0.000001")
-
-
-class BudgetExceeded(TorporError):
-    status = 429
-    type = "budget_exceeded"
-    code = "budget_exceeded"
-    default_message = "Budget exceeded"
 
 
 @dataclass

@@ -12,8 +12,8 @@ from urllib.parse import quote
 
 import httpx
 
-from torpor.functions.pickling import JSON_CODEC, Codec
-from torpor.functions.routes import function_path
+from torpor.funcproto.pickling import JSON_CODEC, Codec
+from torpor.funcproto.routes import function_path
 from torpor.sdk.errors import APIConnectionError, DeploymentFailedError, TorporError, error_for
 from torpor.sdk.models import (
     ApiKey,

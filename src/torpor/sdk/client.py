@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 
 import httpx
 
-from torpor.functions.pickling import JSON_CODEC, Codec
+from torpor.funcproto.pickling import JSON_CODEC, Codec
 from torpor.sdk import _ops as ops
 from torpor.sdk.errors import TorporError
 from torpor.sdk.models import (

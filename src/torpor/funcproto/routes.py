@@ -1,12 +1,17 @@
 """How functions are named and reached: `POST /functions/{app}/{name}[/{method}]` on the
-gateway goes to the deployment `{app}-{name}` and to `/call[/{method}]` on its workers.
+gateway goes to the deployment `{app}-{name}` and to `/call[/{method}]` on its workers; and
+how a worker learns what to serve (its spec in `FUNCTION_SERVER_SPEC`).
 
-Pure and dependency-free: the gateway, the SDK and the worker all use it.
+Pure and standard library only: the gateway, the SDK, the function engine and the function
+server in the worker (in the image's environment) all use it.
 """
 
 from __future__ import annotations
 
+import base64
+import json
 import re
+from typing import Any
 
 PREFIX = "/functions/"
 CALL_PATH = "/call"
@@ -16,6 +21,8 @@ HEALTH_PATH = "/health"
 # The function server's spec in a worker's environment (TORPOR_* never reaches a worker);
 # its presence tells code that it runs in a worker.
 SPEC_ENV = "FUNCTION_SERVER_SPEC"
+# The most source one function deployment carries (it travels in the worker's environment).
+MAX_SOURCE_BYTES = 64 * 1024
 
 _SLUG_RE = re.compile(r"[^a-z0-9-]+")
 
@@ -53,3 +60,15 @@ def split_function_path(path: str) -> tuple[str, str] | None:
     if method is not None and not method.isidentifier():
         return None
     return deployment_name(app, name), upstream_path(method)
+
+
+def encode_spec(spec: dict[str, Any]) -> str:
+    """The function server's spec as the value of `SPEC_ENV` (base64 JSON)."""
+    return base64.b64encode(json.dumps(spec).encode()).decode()
+
+
+def decode_spec(value: str) -> dict[str, Any]:
+    spec = json.loads(base64.b64decode(value))
+    if not isinstance(spec, dict):
+        raise ValueError(f"{SPEC_ENV} must hold a JSON object")
+    return spec
