@@ -102,9 +102,12 @@ async def _policy(procs: Processes, work: Path, policy: str, cfg: Config) -> dic
     torpor = start_torpor(procs, work / policy, name=f"torpor-{policy}")
     name = policy.replace("_", "-")
     fields = dict(POLICIES[policy])
-    torpor.deploy(
-        fake_spec(name, ENGINE_ARGS, min_workers=1, max_workers=2, concurrency=8, wait_time_s=120)
+    spec = fake_spec(
+        name, ENGINE_ARGS, min_workers=1, max_workers=2, concurrency=8, wait_time_s=120
     )
+    # The fake engine's vLLM sleep API, with its GPU-like delays (not a process freeze).
+    spec["options"]["sleep_api"] = "vllm"
+    torpor.deploy(spec)
     torpor.wait_for(name, lambda d: any(w["state"] == "healthy" for w in d["workers"]))
     with torpor.api() as c:
         c.patch(f"/api/deployments/{name}", json=fields).raise_for_status()
