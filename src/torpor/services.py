@@ -132,6 +132,7 @@ class Services:
             gate_for=self.admission.get,
             http=self.http,
             on_worker_broken=self.controller.wake,
+            on_worker_timeout=self.controller.suspects.report,
             keepalive_interval_s=s.keepalive_interval_s,
             request_timeout_s=s.request_timeout_s,
             connect_timeout_s=s.upstream_connect_timeout_s,
