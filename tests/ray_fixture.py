@@ -16,6 +16,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -25,8 +26,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
-RAY = REPO / ".venv" / "bin" / "ray"
+# The `ray` command of the environment running the tests.
+RAY = Path(sys.executable).parent / "ray"
 # Node failure is seen within about 2 s instead of Ray's default (about 30 s).
 RAY_ENV = {
     "RAY_USAGE_STATS_ENABLED": "0",
