@@ -113,6 +113,15 @@ class RayCluster:
             {"TORPOR_NODE_CACHE": str(cache)},
         )
 
+    def ensure_gpu_nodes(self) -> None:
+        """Replace GPU nodes an earlier test killed (kill_node_of), so a test that needs
+        `gpu_nodes` of them has them whatever ran before it."""
+        missing = self.gpu_nodes - len(self.node_caches)
+        for _ in range(missing):
+            self.add_gpu_node()
+        if missing > 0:
+            self.wait_nodes(1 + self.gpu_nodes)
+
     def _run(self, args: list[str], env: dict[str, str] | None = None) -> None:
         out = subprocess.run(
             [str(RAY), *args],
@@ -170,6 +179,9 @@ def kill_node_of(cluster: RayCluster, pid: int) -> psutil.Process:
     proc = psutil.Process(pid)
     for parent in proc.parents():
         if parent.name() == "raylet":
+            # The node is gone, and its cache with it (see RayCluster.ensure_gpu_nodes).
+            with contextlib.suppress(psutil.Error, ValueError):
+                cluster.node_caches.remove(Path(parent.environ()["TORPOR_NODE_CACHE"]))
             family = [parent, *parent.children(recursive=True)]
             for p in family:
                 with contextlib.suppress(psutil.Error):

@@ -57,6 +57,7 @@ def test_placement_follows_the_runtime_and_shared_storage(tmp_path: Path) -> Non
 def test_model_fetched_once_per_node_and_never_again_on_a_node_that_has_it(
     ray_cluster: RayCluster, server_factory: Callable[..., TorporServer], tmp_path: Path
 ) -> None:
+    ray_cluster.ensure_gpu_nodes()
     with HubServer(REPOS) as hub:
         srv = server_factory(env=ray_env(ray_cluster, tmp_path))
         srv.deploy(model_spec("pernode", hub.url, gpus=2, min_workers=2, max_workers=2))
@@ -101,6 +102,7 @@ def test_model_fetched_once_per_node_and_never_again_on_a_node_that_has_it(
 def test_with_shared_storage_the_model_is_fetched_once_for_the_cluster(
     ray_cluster: RayCluster, server_factory: Callable[..., TorporServer], tmp_path: Path
 ) -> None:
+    ray_cluster.ensure_gpu_nodes()
     shared = tmp_path / "shared"
     env = {**ray_env(ray_cluster, tmp_path), "TORPOR_SHARED_STORAGE": str(shared)}
     with HubServer(REPOS) as hub:

@@ -100,7 +100,7 @@ class Services:
         self.state = StoredState(self.store.engine, utcnow)
         self.generated_admin_key = await bootstrap_admin(self.keys, s.admin_key, s.data_dir)
         self.gpus = GpuPool(parse_declared(s.gpus) if s.gpus else detect_devices())
-        self.images = ImageBuilder(s.data_dir / "images")
+        self.images = ImageBuilder(s.data_dir / "images", record_only=s.runtime != "local")
         self.admission = Admission(time.monotonic, self._on_demand)
         self.metrics = Metrics()
         self.meter = Meter(

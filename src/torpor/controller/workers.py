@@ -17,11 +17,18 @@ from torpor.admission import Route
 from torpor.autoscaler import restart_backoff
 from torpor.controller.model import Deployment, Worker, WorkerMeter
 from torpor.engines import engine_for
+from torpor.engines.function import node_image, with_python
+from torpor.functions.builder import build_on_node, node_build_args
 from torpor.gpus import VISIBLE_DEVICES_ENV, GpuPool
 from torpor.logs import tail_lines
-from torpor.modelstore.placement import fetch_into_node_cache, fetched_per_node, placement_for
+from torpor.modelstore.placement import (
+    Placement,
+    fetch_into_node_cache,
+    fetched_per_node,
+    placement_for,
+)
 from torpor.runtime import LaunchSpec, Runtime, WorkerHandle
-from torpor.runtime.base import MODEL_ON_NODE, NodeModel, Resources
+from torpor.runtime.base import MODEL_ON_NODE, PYTHON_ON_NODE, NodeImage, NodeModel, Resources
 from torpor.spec import DeploymentSpec
 from torpor.states import WorkerState, check_worker
 from torpor.store.db import as_utc, utcnow
@@ -86,7 +93,8 @@ class WorkerOps:
         needs_model = engine.needs_model(spec)
         on_node = fetched_per_node(placement_for(s.runtime, s.shared_storage), spec, needs_model)
         model_path = Path(MODEL_ON_NODE) if on_node else dep.model_path
-        launch = engine.launch(spec, model_path)
+        image = self._node_image(spec)
+        launch = engine.launch(with_python(spec, PYTHON_ON_NODE) if image else spec, model_path)
         env = dict(spec.env)
         env.update(launch.env)
         w = Worker(
@@ -117,6 +125,7 @@ class WorkerOps:
             model=NodeModel(fetch_into_node_cache, (spec.model_dump(mode="json"), needs_model))
             if on_node
             else None,
+            image=image,
         )
         task = asyncio.create_task(self.runtime.start(spec_launch), name=f"start-{worker_id}")
         w.start_task = task
@@ -127,6 +136,16 @@ class WorkerOps:
             self.meter.worker_started(worker_id, spec.name, kind, spec.gpus, w.started_at)
         self._trim(dep)
         return True
+
+    def _node_image(self, spec: DeploymentSpec) -> NodeImage | None:
+        """The function image the worker's node builds for it, where workers run on other
+        nodes (its recipe is read from torpor's image directory when the worker starts)."""
+        s = self.ctl.settings
+        image_id = node_image(spec)
+        if image_id is None or placement_for(s.runtime, s.shared_storage) is Placement.HOST:
+            return None
+        recipe = (s.data_dir / "images", image_id, s.shared_storage)
+        return NodeImage(image_id, lambda: node_build_args(*recipe), build_on_node)
 
     async def _started(self, dep: Deployment, w: Worker, task: asyncio.Task[WorkerHandle]) -> None:
         """The runtime's start finished (on the loop). A worker stopped meanwhile is taken

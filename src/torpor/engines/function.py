@@ -94,6 +94,20 @@ class FunctionEngine:
         return EngineLaunch(argv, health_path=HEALTH_PATH, env=env, served_model=spec.name)
 
 
+def node_image(spec: DeploymentSpec) -> str | None:
+    """The image a function worker runs as a virtual environment (built on the worker's node
+    where workers run on other nodes); None for other engines and container images."""
+    o = spec.options
+    if spec.framework != FunctionEngine.name or o.get("container") or not o.get("image"):
+        return None
+    return str(o["image"])
+
+
+def with_python(spec: DeploymentSpec, python: str) -> DeploymentSpec:
+    """The spec with its worker's interpreter replaced (the image's on the worker's node)."""
+    return spec.model_copy(update={"options": {**spec.options, "python": python}})
+
+
 def container_launch(
     spec: DeploymentSpec, tag: str, argv: tuple[str, ...], env: dict[str, str]
 ) -> EngineLaunch:

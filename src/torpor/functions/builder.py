@@ -32,6 +32,7 @@ from torpor.errors import BuildError
 from torpor.functions.containers import PYTHON as CONTAINER_PYTHON
 from torpor.functions.containers import ContainerBuilder, tag_for
 from torpor.functions.image import FILES_DIR, Image
+from torpor.runtime.base import node_cache_root
 from torpor.runtime.containers import container_runtime
 
 MARKER = ".torpor-image.json"
@@ -98,9 +99,17 @@ def find_interpreter(version: str) -> str | None:
 
 class ImageBuilder:
     def __init__(
-        self, root: Path, installer: str | None = None, container: str | bool | None = True
+        self,
+        root: Path,
+        installer: str | None = None,
+        container: str | bool | None = True,
+        record_only: bool = False,
     ):
         self.root = root
+        # Where workers run on other nodes (Ray): the image is only recorded here (its
+        # definition and local files), and each node builds it for its own workers
+        # (`build_on_node`); its `python` here is where it would be, never used.
+        self.record_only = record_only
         # "uv" or "pip"; by default uv when it is on PATH.
         self.installer = installer or ("uv" if shutil.which("uv") else "pip")
         # The docker or podman command line that builds images with a registry base (by
@@ -118,6 +127,8 @@ class ImageBuilder:
         marker = self.path(image.id) / MARKER
         if not marker.is_file():
             return None
+        if not self.record_only and json.loads(marker.read_text()).get("recorded_only"):
+            return None  # recorded for a cluster's nodes, never built here
         self._link_torpor(self.path(image.id))
         return BuiltImage(image.id, str(self.python_of(image.id)), False, 0.0)
 
@@ -127,6 +138,8 @@ class ImageBuilder:
         """Build the image (or find it built); `contents` holds its local files by SHA-256,
         base64, as `Image.contents()` sends them."""
         image = Image.from_definition(definition)  # ValueError for a bad definition
+        if self.record_only:
+            return await asyncio.to_thread(self._record, image, contents or {}, log)
         if image.base and self.container:
             return await self._build_container(image, contents or {}, log)
         found = self.cached(image)
@@ -149,6 +162,27 @@ class ImageBuilder:
             seconds = round(time.monotonic() - started, 3)
             log(f"image {image.id} built in {seconds:.1f}s")
             return BuiltImage(image.id, str(self.python_of(image.id)), True, seconds)
+
+    def _record(self, image: Image, contents: Mapping[str, str], log: Log) -> BuiltImage:
+        found = self.cached(image)
+        if found is not None:
+            log(f"image {image.id} is recorded already")
+            return found
+        dest = self.path(image.id)
+        files = decode_files(image, contents)
+        dest.mkdir(parents=True, exist_ok=True)
+        write_files(dest / FILES_DIR, files)
+        marker = {
+            "id": image.id,
+            "definition": image.definition(),
+            "recorded_only": True,
+            "built_at": datetime.now(UTC).isoformat(),
+        }
+        tmp = dest / f".{MARKER}.{os.getpid()}.tmp"
+        tmp.write_text(json.dumps(marker, indent=2))
+        os.replace(tmp, dest / MARKER)  # last: a marker means the recipe is whole
+        log(f"image {image.id} recorded: each node builds it once for its workers")
+        return BuiltImage(image.id, str(self.python_of(image.id)), False, 0.0)
 
     async def _build_container(
         self, image: Image, contents: Mapping[str, str], log: Log
@@ -258,3 +292,31 @@ class ImageBuilder:
                 await proc.wait()
             raise
         return code, tail
+
+
+def node_build_args(root: Path, image_id: str, shared: Path | None) -> tuple[Any, ...]:
+    """On torpor's host: what a node needs to build image `image_id`, recorded (or built)
+    under `root`: its definition, its local files (base64 by SHA-256, as a client sends
+    them) and the shared storage path, if any (see `build_on_node`)."""
+    dest = root / image_id
+    definition = json.loads((dest / MARKER).read_text())["definition"]
+    contents = {
+        f.sha256: base64.b64encode((dest / FILES_DIR / f.dst).read_bytes()).decode()
+        for f in Image.from_definition(definition).files
+    }
+    return (definition, contents, str(shared) if shared is not None else None)
+
+
+def build_on_node(
+    definition: dict[str, Any], contents: Mapping[str, str], shared: str | None, node_dir: str
+) -> dict[str, Any]:
+    """On a node (a Ray task pinned to it): build the image once into the node's cache
+    (`TORPOR_NODE_CACHE` of the node, else `node_dir`), or into shared storage when there
+    is one; a node (or cluster) that has it builds nothing. The builder's file lock makes
+    two workers landing together build it once. Always a virtual environment: a registry
+    base is built as one (no container engine is assumed on the nodes)."""
+    root = (Path(shared) if shared else node_cache_root(node_dir)) / "images"
+    lines: list[str] = []
+    builder = ImageBuilder(root, container=False)
+    built = asyncio.run(builder.build(definition, lines.append, contents))
+    return {**built.view(), "log": lines[-5:]}

@@ -35,6 +35,8 @@ class Resources:
 
 # In argv and env values: the model's path on the node, once fetched there (`NodeModel`).
 MODEL_ON_NODE = "{model}"
+# In argv and env values: the interpreter of the worker's image on its node (`NodeImage`).
+PYTHON_ON_NODE = "{python}"
 # A node's own cache directory (worker logs, models fetched for that node), as the node's
 # environment sets it; torpor's TORPOR_NODE_CACHE is the default.
 NODE_CACHE_ENV = "TORPOR_NODE_CACHE"
@@ -55,6 +57,20 @@ class NodeModel:
 
     fetch: Callable[..., dict[str, Any]]
     args: tuple[Any, ...]
+
+
+@dataclass(frozen=True)
+class NodeImage:
+    """A function image each node builds once for its own workers (a cluster): the runtime
+    calls `recipe()` on torpor's host (off the loop: it reads the image's definition and
+    local files), then runs `build(*recipe(), node_cache_default)` on the node the worker
+    lands on, before the engine starts, and puts the interpreter it returns (`{"python":
+    ..., "built": bool, "seconds": float}`) in place of `PYTHON_ON_NODE`. A node that has
+    the image builds nothing. The caller passes both in, so a runtime needs no builder."""
+
+    id: str
+    recipe: Callable[[], tuple[Any, ...]]
+    build: Callable[..., dict[str, Any]]
 
 
 @dataclass(frozen=True)
@@ -80,6 +96,9 @@ class LaunchSpec:
     spec_version: int = 0
     # Set when the model is fetched on the worker's node (runtimes that place workers).
     model: NodeModel | None = None
+    # Set when the worker's function image is built on its node (runtimes that place
+    # workers).
+    image: NodeImage | None = None
 
 
 @dataclass

@@ -9,6 +9,11 @@
   node). Ray restarts nothing (`max_restarts=0`): torpor's controller decides.
 - A worker Ray cannot place yet is `pending` with the resources it waits for; a Ray
   cluster with an autoscaler adds a node for that demand by itself.
+- A list of acceptable GPU types (`gpu_type: "H100,A100"`): Ray places on one
+  `accelerator_type`, so the actor asks for the first listed type that an alive node of
+  the cluster has (with enough GPUs), else the first listed (`pick_gpu_type`).
+- A function image is built on the worker's node once (`NodeImage`), as a model is
+  fetched there (`NodeModel`): a Ray task pinned to the node, into its cache.
 - The engine listens on its node's address; the gateway talks to it over HTTP directly.
   Its log is read back from the actor into torpor's log file for the worker.
 - A worker whose actor dies is ended with "node lost" when its node is gone.
@@ -34,7 +39,9 @@ from torpor.errors import ModelFetchFailed, RayUnavailable
 from torpor.gpus import NVIDIA
 from torpor.runtime.base import (
     MODEL_ON_NODE,
+    PYTHON_ON_NODE,
     LaunchSpec,
+    NodeImage,
     NodeModel,
     ProbeResult,
     Resources,
@@ -67,7 +74,8 @@ class _Actor:
     placed: bool = False
     log_offset: int = 0
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
-    # The node fetching the worker's model into its cache, while it does.
+    # What the worker's node does before the engine starts ("fetching the model on node
+    # X"), while it does.
     fetching: str | None = None
 
 
@@ -137,10 +145,24 @@ class RayRuntime:
         """Once placed: the model into the node's cache (when fetched per node), then the
         engine. Returns where the engine listens."""
         argv, env = list(launch.argv), dict(launch.env)
+        node = ""
+        if launch.model is not None or launch.image is not None:
+            node = str(await asyncio.wrap_future(entry.actor.node.remote().future()))
+        if launch.image is not None:
+            entry.fetching = f"building image {launch.image.id} on node {node}"
+            got = await self._build_on(node, launch.image)
+            entry.fetching = None
+            python = str(got["python"])
+            argv = [a.replace(PYTHON_ON_NODE, python) for a in argv]
+            env = {k: v.replace(PYTHON_ON_NODE, python) for k, v in env.items()}
+            if got["built"]:
+                line = f"image {got['id']} built in {got['seconds']:.1f}s: {python}"
+            else:
+                line = f"image {got['id']} already on this node: {python}"
+            await asyncio.to_thread(_note, launch.log_path, f"torpor: node {node}: {line}\n")
         if launch.model is not None:
-            node = await asyncio.wrap_future(entry.actor.node.remote().future())
-            entry.fetching = str(node)
-            got = await self._fetch_on(str(node), launch.model)
+            entry.fetching = f"fetching the model on node {node}"
+            got = await self._fetch_on(node, launch.model)
             entry.fetching = None
             path = str(got["path"])
             argv = [a.replace(MODEL_ON_NODE, path) for a in argv]
@@ -156,21 +178,40 @@ class RayRuntime:
 
     async def _fetch_on(self, node: str, model: NodeModel) -> dict[str, Any]:
         """A Ray task pinned to `node` puts the model into that node's cache (once: a later
-        worker there finds it). It reserves no CPU: workers may hold all of the node's."""
+        worker there finds it)."""
+        try:
+            return await self._on_node(node, model.fetch, model.args)
+        except Exception as exc:
+            cause = getattr(exc, "cause", None) or exc
+            raise ModelFetchFailed(f"model fetch on node {node} failed: {cause}") from exc
+
+    async def _build_on(self, node: str, image: NodeImage) -> dict[str, Any]:
+        """A Ray task pinned to `node` builds the function image into that node's cache
+        (once: a later worker there finds it)."""
+        try:
+            args = await asyncio.to_thread(image.recipe)
+            return await self._on_node(node, image.build, args)
+        except Exception as exc:
+            cause = getattr(exc, "cause", None) or exc
+            raise ModelFetchFailed(
+                f"image {image.id} build on node {node} failed: {cause}"
+            ) from exc
+
+    async def _on_node(
+        self, node: str, fn: Callable[..., dict[str, Any]], args: Sequence[Any]
+    ) -> dict[str, Any]:
+        """`fn(*args, node cache default)` in a Ray task pinned to `node`. It reserves no
+        CPU: workers may hold all of the node's."""
         ray = _ray()
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-        task = ray.remote(model.fetch).options(
+        task = ray.remote(fn).options(
             scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False),
             num_cpus=0,
             max_retries=0,
         )
-        ref = task.remote(*model.args, str(self._node_dir))
-        try:
-            got: dict[str, Any] = await asyncio.wrap_future(ref.future())
-        except Exception as exc:
-            cause = getattr(exc, "cause", None) or exc
-            raise ModelFetchFailed(f"model fetch on node {node} failed: {cause}") from exc
+        ref = task.remote(*args, str(self._node_dir))
+        got: dict[str, Any] = await asyncio.wrap_future(ref.future())
         return got
 
     def _create(self, launch: LaunchSpec, handle: WorkerHandle) -> _Actor:
@@ -181,7 +222,11 @@ class RayRuntime:
         from torpor.runtime.ray_actor import WorkerActor
 
         res = launch.resources
-        request = ray_request(res)
+        kind = None
+        if res.gpu_type:
+            nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+            kind = pick_gpu_type(res.gpu_type.split(","), nodes, res.gpus, res.accelerator)
+        request = ray_request(res, kind)
         name = self.actor_name(launch.worker_id)
         opts: dict[str, Any] = {
             "name": name,
@@ -193,8 +238,8 @@ class RayRuntime:
             "num_gpus": res.gpus if res.accelerator == NVIDIA else 0,
             "max_concurrency": 16,
         }
-        if res.gpu_type:
-            opts["accelerator_type"] = first_type(res.gpu_type)
+        if kind:
+            opts["accelerator_type"] = kind
         if res.accelerator != NVIDIA and res.gpus:
             opts["resources"] = {res.accelerator: res.gpus}
         pg = None
@@ -228,7 +273,7 @@ class RayRuntime:
             started = entry.started
             if started is None or not started.done():
                 if entry.fetching:
-                    return ProbeResult(None, False, f"fetching the model on node {entry.fetching}")
+                    return ProbeResult(None, False, entry.fetching)
                 if self._clock() - entry.created >= PENDING_AFTER_S:
                     return ProbeResult(None, False, waiting_reason(entry.request), pending=True)
                 return ProbeResult(None, False)
@@ -456,20 +501,34 @@ def connect(address: str) -> None:
         raise RayUnavailable(f"cannot reach the Ray cluster at {address!r}: {exc}") from exc
 
 
-def ray_request(res: Resources) -> dict[str, float]:
-    """The resources one worker asks Ray for (one placement group bundle)."""
+def ray_request(res: Resources, gpu_type: str | None = None) -> dict[str, float]:
+    """The resources one worker asks Ray for (one placement group bundle), of GPU type
+    `gpu_type` (one of the spec's acceptable types, see `pick_gpu_type`)."""
     request: dict[str, float] = {"CPU": res.cpus}
     if res.gpus:
         key = "GPU" if res.accelerator == NVIDIA else res.accelerator
         request[key] = float(res.gpus)
-    if res.gpu_type:
-        request[f"accelerator_type:{first_type(res.gpu_type)}"] = 0.001
+    if gpu_type:
+        request[f"accelerator_type:{gpu_type}"] = 0.001
     return request
 
 
-def first_type(gpu_type: str) -> str:
-    """Ray places on one `accelerator_type`: the first of a list of acceptable ones."""
-    return gpu_type.split(",", 1)[0].strip()
+def pick_gpu_type(
+    acceptable: Sequence[str],
+    nodes: Sequence[dict[str, float]],
+    gpus: int,
+    accelerator: str = NVIDIA,
+) -> str:
+    """The one GPU type to ask Ray for, of a list of acceptable ones (pure): Ray places an
+    actor on one `accelerator_type`, so the first listed type that some node (by its total
+    resources) has with at least `gpus` devices; else the first listed, which a cluster
+    with an autoscaler may add. The worker then waits for that type only."""
+    types = [t.strip() for t in acceptable if t.strip()]
+    key = "GPU" if accelerator == NVIDIA else accelerator
+    for t in types:
+        if any(n.get(f"accelerator_type:{t}", 0) > 0 and n.get(key, 0) >= gpus for n in nodes):
+            return t
+    return types[0]
 
 
 def waiting_reason(request: dict[str, float]) -> str:
