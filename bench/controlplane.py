@@ -138,7 +138,7 @@ async def _profile_tick(controller: Any) -> list[str]:
     for _ in range(5):
         await controller.tick()
     profiler.stop()
-    text = profiler.output_text(unicode=False, color=False, show_all=False)
+    text = str(profiler.output_text(unicode=False, color=False, show_all=False))
     return text.replace(str(REPO) + "/", "").splitlines()[:60]
 
 
