@@ -178,7 +178,9 @@ export interface FleetEntry {
   gpu_memory_mb: number | null;
   total_requests: number | null;
   last_startup_s: number | null;
-  workers: { ready: number; starting: number; total: number };
+  wakes?: number;
+  last_wake_ms?: number | null;
+  workers: { ready: number; starting: number; total: number; sleeping?: number };
 }
 
 export interface Conversation {

@@ -27,6 +27,10 @@ class Route:
     worker_id: str
     url: str
     concurrency: int
+    # When the worker last woke from sleep (the gate's clock) and how long the wake took:
+    # a request that arrived before it woke waited for that wake.
+    woke_at: float | None = None
+    wake_s: float | None = None
 
 
 @dataclass

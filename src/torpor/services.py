@@ -251,6 +251,7 @@ class Services:
             completion_per_mtok=pick(o.completion_per_mtok, s.price_completion_per_mtok),
             gpu_hourly=pick(o.gpu_hourly, gpu_rate),
             storage_gb_month=pick(o.storage_gb_month, s.storage_gb_month_usd),
+            gpu_hourly_sleeping=o.gpu_hourly_sleeping,
         )
 
     def _caps_for(self, deployment: str) -> Caps:

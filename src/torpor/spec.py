@@ -169,6 +169,8 @@ class DeploymentPrices(BaseModel):
     prompt_per_mtok: Price | None = None
     completion_per_mtok: Price | None = None
     gpu_hourly: Price | None = None
+    # While a worker sleeps (holding its devices); unset: gpu_hourly.
+    gpu_hourly_sleeping: Price | None = None
     storage_gb_month: Price | None = None
 
 

@@ -114,6 +114,7 @@ export function Dashboard({ me }: { me: Me }) {
                 <th>Requests (24 h)</th>
                 <th>Errors (24 h)</th>
                 <th>Last startup</th>
+                <th>Wakes (last)</th>
               </tr>
             </thead>
             <tbody>
@@ -142,6 +143,9 @@ export function Dashboard({ me }: { me: Me }) {
                     {errorText(usageOf[f.deployment]?.errors ?? 0, usageOf[f.deployment]?.requests ?? 0)}
                   </td>
                   <td>{f.last_startup_s !== null ? `${f.last_startup_s.toFixed(1)} s` : "–"}</td>
+                  <td data-testid="fleet-wakes">
+                    {f.wakes ? `${fmtNum(f.wakes)} (${f.last_wake_ms != null ? `${fmtNum(f.last_wake_ms, 0)} ms` : "–"})` : "–"}
+                  </td>
                 </tr>
               ))}
             </tbody>

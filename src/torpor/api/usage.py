@@ -111,9 +111,15 @@ async def fleet(svc: ServicesDep, key: CallerDep) -> dict[str, Any]:
                 "gpu_memory_mb": sum(d.memory_mb or 0 for d in devices),
                 "total_requests": svc.meter.total_requests.get(name, 0),
                 "last_startup_s": svc.meter.last_startup_s.get(name),
+                # Wakes from sleep since torpor started, and the last one's length.
+                "wakes": dep.wakes,
+                "last_wake_ms": (
+                    round(dep.wake_seconds[-1] * 1000, 1) if dep.wake_seconds else None
+                ),
                 "workers": {
                     "ready": sum(1 for s in states if s is WorkerState.HEALTHY),
                     "starting": sum(1 for s in states if s is WorkerState.PROVISIONING),
+                    "sleeping": sum(1 for s in states if s is WorkerState.SLEEPING),
                     "total": len(live),
                 },
             }

@@ -98,6 +98,8 @@ class Deployment:
     deleted: asyncio.Future[None] | None = None
     # Recent wake latencies of its workers, in seconds (the fleet view's wake latency).
     wake_seconds: deque[float] = field(default_factory=lambda: deque(maxlen=100))
+    # Wakes of its workers since torpor started.
+    wakes: int = 0
 
     @property
     def name(self) -> str:
@@ -117,6 +119,10 @@ class WorkerMeter(Protocol):
     def worker_ready(self, worker_id: str, at: datetime) -> None: ...
 
     def worker_stopped(self, worker_id: str, at: datetime, reason: str | None) -> None: ...
+
+    def worker_slept(self, worker_id: str, at: datetime, asleep: bool = True) -> None:
+        """The worker fell asleep (or woke, `asleep` False) at `at`."""
+        ...
 
     def scale_refusal(self, deployment: str) -> str | None:
         """Why the deployment may not start workers now (its budget is spent), or None."""

@@ -171,6 +171,7 @@ class LadderOps:
         w.state, w.dirty = check_worker(w.state, WorkerState.SLEEPING), True
         w.transition = Transition.TO_SLEEP
         w.asleep_mono = self.ctl.clock()
+        self._bill(w, asleep=True)
         dep.gate.remove_route(w.id)
         self.ctl.workers.publish_routes(dep)
         mode, handle = w.sleep_mode, w.handle
@@ -183,7 +184,15 @@ class LadderOps:
             return
         assert w.sleep_mode is not None and w.handle is not None
         w.transition, w.wake_started = Transition.TO_WAKE, now
+        self._bill(w, asleep=False)  # reloading onto its devices: the full rate again
         self._spawn(dep, w, self.sleeper.wake(w.handle, w.sleep_mode), self._woke)
+
+    def _bill(self, w: Worker, asleep: bool) -> None:
+        meter = self.ctl.workers.meter
+        if meter is not None:
+            from torpor.store.db import utcnow
+
+            meter.worker_slept(w.id, utcnow(), asleep)
 
     def _spawn(
         self,
@@ -229,6 +238,7 @@ class LadderOps:
         w.wakes += 1
         w.last_wake_s = now - (w.wake_started or now)
         dep.wake_seconds.append(w.last_wake_s)
+        dep.wakes += 1
         self.ctl.workers.publish_routes(dep)
         self.ctl.event(dep, "worker", "healthy", f"{w.id} woke in {w.last_wake_s * 1000:.0f} ms")
         self.ctl.wake()

@@ -273,7 +273,7 @@ class WorkerOps:
 
     def publish_routes(self, dep: Deployment) -> None:
         routes = [
-            Route(w.id, w.handle.url, dep.spec.concurrency)
+            Route(w.id, w.handle.url, dep.spec.concurrency, w.woke_mono, w.last_wake_s)
             for w in dep.workers.values()
             if w.state is WorkerState.HEALTHY and w.handle is not None
         ]

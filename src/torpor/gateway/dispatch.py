@@ -126,6 +126,8 @@ class _Trace:
 
     cold: bool
     leased: float | None = None
+    # The wake it waited for, in seconds, when its worker woke from sleep meanwhile.
+    wake_s: float | None = None
     first_byte: float | None = None
     status: int = 0
     prompt_tokens: int = 0
@@ -154,6 +156,8 @@ class _Trace:
             queue_ms=(leased - req.arrived) * ms,
             cold_start=self.cold,
             stream=req.stream,
+            woke_worker=self.wake_s is not None,
+            wake_ms=self.wake_s * ms if self.wake_s is not None else None,
         )
 
 
@@ -241,6 +245,9 @@ class Dispatcher:
             if lease is None:
                 return  # the error already went out as an SSE event
             trace.leased = time.monotonic()
+            route = lease.route
+            if route.woke_at is not None and route.woke_at >= req.arrived:
+                trace.cold, trace.wake_s = False, route.wake_s  # a wake, not a cold start
             meter = self.meter
             served = meter.serving(lease.worker_id, req.key.id, trace.cold) if meter else None
             try:

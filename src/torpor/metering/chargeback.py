@@ -31,7 +31,8 @@ def _key_line(key_id: str, names: dict[str, str]) -> dict[str, Any]:
 
 def _dep_line(dep: str) -> dict[str, Any]:
     return {
-        "deployment": dep, "idle_gpu_seconds": 0.0, "startup_gpu_seconds": 0.0,
+        "deployment": dep, "idle_gpu_seconds": 0.0, "sleeping_gpu_seconds": 0.0,
+        "startup_gpu_seconds": 0.0,
         "gpu_seconds": 0.0, "gpu_cost_nusd": 0, "billed_gpu_seconds": 0.0,
     }  # fmt: skip
 
@@ -89,13 +90,14 @@ async def _read(
         gpu_rows = await s.execute(
             select(g.key_id, g.deployment, func.sum(g.gpu_seconds), func.sum(g.idle_gpu_seconds),
                    func.sum(g.startup_gpu_seconds), func.sum(g.cold_start_gpu_seconds),
-                   func.sum(g.cost_nusd))
+                   func.sum(g.cost_nusd), func.sum(g.sleeping_gpu_seconds))
             .where(g.hour >= start, g.hour < end)
             .group_by(g.key_id, g.deployment)
         )  # fmt: skip
-        for key_id, name, secs, idle, startup, cold, nusd in gpu_rows:
+        for key_id, name, secs, idle, startup, cold, nusd, slept in gpu_rows:
             _add_gpu(scope, key, dep, GpuDelta(start, name, key_id, float(secs or 0),
-                     float(idle or 0), float(startup or 0), float(cold or 0), int(nusd or 0)))  # fmt: skip
+                     float(idle or 0), float(startup or 0), float(cold or 0), int(nusd or 0),
+                     float(slept or 0)))  # fmt: skip
         sessions = {}
         if scope.key_id is None:
             found = await s.scalars(
@@ -147,6 +149,7 @@ def _add_gpu(scope: Scope, key: Any, dep: Any, d: GpuDelta) -> None:
         if scope.key_id is None and _visible(scope, d.deployment, None):
             ln = dep(d.deployment)
             ln["idle_gpu_seconds"] += d.idle_gpu_seconds
+            ln["sleeping_gpu_seconds"] += d.sleeping_gpu_seconds
             ln["startup_gpu_seconds"] += d.startup_gpu_seconds
             ln["gpu_seconds"] += d.gpu_seconds
             ln["gpu_cost_nusd"] += d.cost_nusd

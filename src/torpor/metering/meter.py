@@ -402,8 +402,9 @@ class Meter:
     def worker_started(
         self, worker_id: str, deployment: str, gpu_kind: str, gpu_count: int, at: datetime
     ) -> None:
-        rate = self.prices_for(deployment).gpu_hourly
-        ws = WorkerSession(worker_id, deployment, gpu_kind, gpu_count, rate, at)
+        prices = self.prices_for(deployment)
+        ws = WorkerSession(worker_id, deployment, gpu_kind, gpu_count, prices.gpu_hourly, at)
+        ws.sleeping_rate = prices.sleeping_hourly
         # A worker adopted after a crash: billed from its last heartbeat on (it ran meanwhile).
         ws.accrued_to = self._closed_by_restart.pop(worker_id, None)
         self._sessions[worker_id] = ws
@@ -417,6 +418,16 @@ class Meter:
         startup = session.startup_s or 0.0
         self.last_startup_s[session.deployment] = startup
         self.metrics.observe_cold_start(session.deployment, startup)
+        self._dirty_sessions.add(worker_id)
+
+    def worker_slept(self, worker_id: str, at: datetime, asleep: bool = True) -> None:
+        """The worker fell asleep at `at` (or woke, `asleep` False): its time so far is
+        billed as it was, the time from here on at the other rate."""
+        ws = self._sessions.get(worker_id)
+        if ws is None or ws.stopped_at is not None or (ws.asleep_at is not None) == asleep:
+            return
+        self._accrue_session(ws, at)
+        ws.asleep_at = at if asleep else None
         self._dirty_sessions.add(worker_id)
 
     def worker_stopped(self, worker_id: str, at: datetime, reason: str | None) -> None:
@@ -443,6 +454,16 @@ class Meter:
         part = split_interval(begin, end, ws.started_at, ws.ready_at, ws.busy.take(end))
         ws.accrued_to = end
         gpus, rate, hour = ws.gpu_count, ws.hourly_rate, hour_of(end)
+        if ws.asleep_at is not None:  # asleep all along: accrued when it fell asleep
+            ws.sleeping_s += part.total_s
+            nusd = nano_usd(part.total_s * gpus, ws.sleeping_rate)
+            secs = part.total_s * gpus
+            self._gpu.append(GpuDelta(hour, ws.deployment, "", gpu_seconds=secs,
+                                      idle_gpu_seconds=secs, sleeping_gpu_seconds=secs,
+                                      cost_nusd=nusd))  # fmt: skip
+            self._add_gpu_spend(ws.deployment, None, nusd / NANO)
+            self.metrics.observe_worker_cost(ws.deployment, nusd / NANO)
+            return
         total_nusd = 0
         for key_id, seconds in part.busy_s.items():
             nusd = nano_usd(seconds * gpus, rate)

@@ -23,6 +23,13 @@ class Prices:
     # USD per device-hour for this deployment's workers (0 for CPU-only workers unless set).
     gpu_hourly: float
     storage_gb_month: float
+    # USD per device-hour while a worker sleeps (None: the full GPU rate, since a sleeping
+    # worker still holds its devices).
+    gpu_hourly_sleeping: float | None = None
+
+    @property
+    def sleeping_hourly(self) -> float:
+        return self.gpu_hourly if self.gpu_hourly_sleeping is None else self.gpu_hourly_sleeping
 
     def request_nusd(self, prompt_tokens: int, completion_tokens: int) -> int:
         """A request's token cost in integer nano-dollars (exact decimals, then rounded)."""

@@ -321,15 +321,20 @@ async def deployment_metrics(
     e = UsageEventRow
     async with AsyncSession(engine) as s:
         rows = (await s.execute(
-            select(e.at, e.latency_ms, e.ttft_ms).where(
+            select(e.at, e.latency_ms, e.ttft_ms, e.cold_start, e.wake_ms).where(
                 e.deployment == name, e.at >= start, scope.events())
         )).all()  # fmt: skip
+    # Requests that waited for a cold start, and for a sleeping worker's wake (its length).
+    fresh = [ev for ev in pending if ev.deployment == name and ev.at >= start
+             and _matches(scope, ev)]  # fmt: skip
+    cold = sum(1 for r in rows if r.cold_start) + sum(1 for ev in fresh if ev.cold_start)
+    wakes = [float(r.wake_ms) for r in rows if r.wake_ms is not None]
+    wakes += [ev.wake_ms for ev in fresh if ev.wake_ms is not None]
     # Rows, then requests not yet flushed: (at, latency, ttft) alike.
     points: list[tuple[datetime, float, float | None]] = [
         (_utc(r.at), float(r.latency_ms), r.ttft_ms) for r in rows
     ]
-    points += [(ev.at, ev.latency_ms, ev.ttft_ms) for ev in pending
-               if ev.deployment == name and ev.at >= start and _matches(scope, ev)]  # fmt: skip
+    points += [(ev.at, ev.latency_ms, ev.ttft_ms) for ev in fresh]
     latencies = [lat for _, lat, _ in points]
     # A request without a first byte counts its latency as its time to first token.
     ttfts = [float(ttft if ttft is not None else lat) for _, lat, ttft in points]
@@ -348,6 +353,9 @@ async def deployment_metrics(
         "total_requests": len(points),
         "latency_ms": _pcts(latencies),
         "ttft_ms": _pcts(ttfts),
+        "cold_start_requests": cold,
+        "woke_requests": len(wakes),
+        "wake_ms": _pcts(wakes),
         "step_s": step.total_seconds(),
         "rps": rps,
         "latency": latency,
@@ -381,7 +389,7 @@ async def invoice(
         return lines.setdefault((key_id, dep), {
             "key_id": key_id, "key_name": key_names.get(key_id or "") if key_id else None,
             "deployment": dep, "requests": 0, "prompt_tokens": 0, "completion_tokens": 0,
-            "token_cost": 0, "gpu_hours": 0.0, "gpu_cost": 0,
+            "token_cost": 0, "gpu_hours": 0.0, "sleeping_gpu_hours": 0.0, "gpu_cost": 0,
             "storage_gb_months": 0.0, "storage_cost": 0,
         })  # fmt: skip
 
@@ -401,17 +409,21 @@ async def invoice(
         # deployment's own line; all lines of a deployment sum to its workers' billed time.
         g = GpuHourlyRow
         gpu = await s.execute(
-            select(g.key_id, g.deployment, func.sum(g.gpu_seconds), func.sum(g.cost_nusd))
+            select(g.key_id, g.deployment, func.sum(g.gpu_seconds), func.sum(g.cost_nusd),
+                   func.sum(g.sleeping_gpu_seconds))
             .where(g.hour >= start, g.hour < end)
             .group_by(g.key_id, g.deployment)
         )  # fmt: skip
-        gpu_rows = [*gpu, *((d.key_id, d.deployment, d.gpu_seconds, d.cost_nusd)
+        gpu_rows = [*gpu, *((d.key_id, d.deployment, d.gpu_seconds, d.cost_nusd,
+                             d.sleeping_gpu_seconds)
                             for d in pending_gpu if start <= d.hour < end)]  # fmt: skip
-        for key_id, dep, seconds, nusd in gpu_rows:
+        for key_id, dep, seconds, nusd, slept in gpu_rows:
             if not _in_scope(scope, dep, key_id or None):
                 continue
             ln = line(key_id or None, dep)
             ln["gpu_hours"] += float(seconds or 0) / 3600
+            # Part of gpu_hours: the deployment's workers slept (at the sleeping rate).
+            ln["sleeping_gpu_hours"] += float(slept or 0) / 3600
             ln["gpu_cost"] += int(nusd or 0)
         if scope.key_id is None:
             st = StorageHourlyRow
@@ -448,7 +460,8 @@ async def invoice(
 _COSTS = ("token_cost", "gpu_cost", "storage_cost")
 INVOICE_COLUMNS = (
     "key_id", "key_name", "deployment", "requests", "prompt_tokens", "completion_tokens",
-    "token_cost", "gpu_hours", "gpu_cost", "storage_gb_months", "storage_cost", "total_cost",
+    "token_cost", "gpu_hours", "sleeping_gpu_hours", "gpu_cost", "storage_gb_months",
+    "storage_cost", "total_cost",
 )  # fmt: skip
 
 

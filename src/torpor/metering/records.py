@@ -39,6 +39,9 @@ class RequestUsage:
     stream: bool
     # Token cost in integer nano-dollars (computed exactly from the prices).
     cost_nusd: int = 0
+    # It waited for a sleeping worker to wake (not a cold start), and that wake's length.
+    woke_worker: bool = False
+    wake_ms: float | None = None
 
     @property
     def tokens(self) -> int:
@@ -61,6 +64,11 @@ class WorkerSession:
     busy: BusyClock = field(default_factory=BusyClock)
     # The key whose request waited for this worker's start (its cold-start share).
     cold_key: str | None = None
+    # Device-hour rate while it sleeps; when it fell asleep (None: awake) and the seconds
+    # it has slept so far (accrued).
+    sleeping_rate: float = 0.0
+    asleep_at: datetime | None = None
+    sleeping_s: float = 0.0
 
     @property
     def startup_s(self) -> float | None:

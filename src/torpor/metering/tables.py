@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import BigInteger, Boolean, DateTime, Float, Index, Integer, String, Text
+from sqlalchemy import BigInteger, Boolean, DateTime, Float, Index, Integer, String, Text, false
 from sqlalchemy.orm import Mapped, mapped_column
 
 from torpor.store.tables import Base
@@ -33,6 +33,9 @@ class UsageEventRow(Base):
     queue_ms: Mapped[float] = mapped_column(Float)
     cold_start: Mapped[bool] = mapped_column(Boolean)
     stream: Mapped[bool] = mapped_column(Boolean)
+    # It waited for a sleeping worker to wake, and how long that wake took (migration 0009).
+    woke_worker: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    wake_ms: Mapped[float | None] = mapped_column(Float, nullable=True)
     # Money in integer nano-dollars (migration 0008).
     cost_nusd: Mapped[int] = mapped_column(BigInteger)
 
@@ -71,6 +74,8 @@ class WorkerSessionRow(Base):
     stopped_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     startup_s: Mapped[float | None] = mapped_column(Float, nullable=True)
     reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # Seconds it slept (billed at the sleeping rate; migration 0009).
+    sleeping_seconds: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")
     # Written with each accrual of its GPU time: after a crash the session ends here.
     heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
@@ -90,7 +95,8 @@ class StorageHourlyRow(Base):
 class GpuHourlyRow(Base):
     """Worker GPU time accrued per hour, deployment and key: a key's row holds the busy time
     attributed to it (and the start-up it caused, as a report); the deployment's own row
-    (key_id "") holds idle and start-up time. All rows of a deployment sum to its workers'
+    (key_id "") holds idle (sleeping included, also counted apart in sleeping_gpu_seconds)
+    and start-up time. All rows of a deployment sum to its workers'
     billed time. Cost in integer nano-dollars."""
 
     __tablename__ = "gpu_hourly"
@@ -102,4 +108,5 @@ class GpuHourlyRow(Base):
     idle_gpu_seconds: Mapped[float] = mapped_column(Float)
     startup_gpu_seconds: Mapped[float] = mapped_column(Float)
     cold_start_gpu_seconds: Mapped[float] = mapped_column(Float)
+    sleeping_gpu_seconds: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")
     cost_nusd: Mapped[int] = mapped_column(BigInteger)

@@ -42,6 +42,8 @@ class GpuDelta:
     startup_gpu_seconds: float = 0.0
     cold_start_gpu_seconds: float = 0.0
     cost_nusd: int = 0
+    # Part of idle_gpu_seconds: the worker slept (billed at the sleeping rate).
+    sleeping_gpu_seconds: float = 0.0
 
 
 GPU_COUNTERS = (
@@ -50,6 +52,7 @@ GPU_COUNTERS = (
     "startup_gpu_seconds",
     "cold_start_gpu_seconds",
     "cost_nusd",
+    "sleeping_gpu_seconds",
 )
 
 
@@ -69,6 +72,8 @@ def event_values(e: RequestUsage) -> dict[str, Any]:
         "queue_ms": e.queue_ms,
         "cold_start": e.cold_start,
         "stream": e.stream,
+        "woke_worker": e.woke_worker,
+        "wake_ms": e.wake_ms,
         "cost_nusd": e.cost_nusd,
     }
 
@@ -84,6 +89,7 @@ def session_row(ws: WorkerSession) -> WorkerSessionRow:
         ready_at=ws.ready_at,
         stopped_at=ws.stopped_at,
         startup_s=ws.startup_s,
+        sleeping_seconds=ws.sleeping_s,
         reason=ws.reason,
         heartbeat_at=ws.accrued_to,
     )
