@@ -33,6 +33,7 @@ HISTORY_WEEKS = 4
 HISTORY_MIN_WEEKS = 2
 HISTORY_LEAD_S = 120.0
 WEEK_S = 7 * 24 * 3600.0
+HOUR_S = 3600.0
 
 
 def cron_valid(expr: str) -> bool:
@@ -100,6 +101,22 @@ def history_prewake(
         if 1 <= back <= HISTORY_WEEKS:
             weeks.add(back)
     return len(weeks) >= HISTORY_MIN_WEEKS
+
+
+def burst_starts(active_hours: Sequence[datetime]) -> list[datetime]:
+    """The hours in which a burst began: hours with requests whose previous hour had none
+    (`active_hours`: the starts of the hours with at least one request)."""
+    hours = sorted(set(active_hours))
+    seen = set(hours)
+    return [h for h in hours if h - timedelta(hours=1) not in seen]
+
+
+def history_next_check(at: datetime, lead_s: float = HISTORY_LEAD_S) -> datetime:
+    """The next instant `history_prewake` can change its answer: when `at + lead_s` enters
+    the next hour."""
+    ahead = at + timedelta(seconds=lead_s)
+    next_hour = ahead.replace(minute=0, second=0, microsecond=0) + timedelta(hours=1)
+    return next_hour - timedelta(seconds=lead_s)
 
 
 # -- the ladder ------------------------------------------------------------------------------

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import aiohttp
@@ -27,6 +28,7 @@ from torpor.metering.budget import Caps
 from torpor.metering.meter import Meter
 from torpor.metering.metrics import Metrics
 from torpor.metering.pricing import Prices
+from torpor.metering.queries import UsageHistory
 from torpor.metering.reserve import context_limit
 from torpor.models import BUNDLED_MODEL
 from torpor.runtime import Runtime
@@ -35,7 +37,7 @@ from torpor.runtime.local import LocalRuntime
 from torpor.settings import Settings
 from torpor.spec import DeploymentPrices, DeploymentSpec
 from torpor.store import Store, open_store
-from torpor.store.db import utcnow
+from torpor.store.db import as_utc, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -126,6 +128,8 @@ class Services:
             self.gpus,
             time.monotonic,
             meter=self.meter,
+            history=UsageHistory(self.store.engine),
+            wall=self._ladder_wall(),
         )
         self.metrics.watch(self._queue_gauges, self._worker_gauges)
         self._dispatcher = Dispatcher(
@@ -230,6 +234,16 @@ class Services:
         if dep is not None:
             self._prices[deployment] = (dep.spec, prices)
         return prices
+
+    def _ladder_wall(self) -> Callable[[], datetime]:
+        """The clock of schedules and pre-warm history (sped up only to replay a trace)."""
+        s = self.settings
+        if s.ladder_clock_start is None and s.ladder_clock_speedup == 1.0:
+            return utcnow
+        start = as_utc(s.ladder_clock_start) or utcnow()
+        real = s.ladder_clock_real_start if s.ladder_clock_real_start is not None else time.time()
+        speed = s.ladder_clock_speedup
+        return lambda: start + timedelta(seconds=(time.time() - real) * speed)
 
     def _compute_prices(self, deployment: str) -> Prices:
         s = self.settings

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from pathlib import Path
 from typing import Literal
 
@@ -78,6 +79,12 @@ class Settings(BaseSettings):
     default_context_tokens: int = Field(default=32768, ge=1, le=2**31 - 1)
     # A budget reservation whose request never ended (a bug, a lost task) is released then.
     reservation_ttl_s: float = Field(default=6 * 3600.0, gt=0)
+    # The clock of schedule windows and pre-warm history, for replaying a compressed trace
+    # (bench ladder): it reads ladder_clock_start at the Unix time ladder_clock_real_start and
+    # runs ladder_clock_speedup times faster. Unset: the real UTC time.
+    ladder_clock_speedup: float = Field(default=1.0, gt=0, le=1e6)
+    ladder_clock_start: datetime | None = None
+    ladder_clock_real_start: float | None = None
     # Async requests: results (and the stored request) are deleted this long after they end.
     async_retention_s: float = Field(default=86400.0, gt=0)
     # Stored Responses (previous_response_id, GET /v1/responses/{id}) and video job records

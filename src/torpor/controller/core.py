@@ -25,7 +25,7 @@ from torpor.admission import Admission
 from torpor.autoscaler import ScalingView, WorkerView, plan_scaling
 from torpor.controller.model import Deployment, Worker, WorkerMeter
 from torpor.controller.persist import deployment_row, worker_row
-from torpor.controller.sleep import LadderOps
+from torpor.controller.sleep import BurstHistory, LadderOps
 from torpor.controller.sleep import idle_since as ladder_idle_since
 from torpor.controller.suspects import SuspectChecks
 from torpor.controller.workers import WorkerOps
@@ -68,6 +68,8 @@ class Controller:
         gpus: GpuPool,
         clock: Callable[[], float],
         meter: WorkerMeter | None = None,
+        history: BurstHistory | None = None,
+        wall: Callable[[], datetime] | None = None,
     ):
         self.settings = settings
         self.store = store
@@ -84,7 +86,7 @@ class Controller:
         self._closed = False
         self.workers = WorkerOps(self, runtime, gpus, meter)
         # The sleep/wake ladder, schedules and GPU residency (controller.sleep).
-        self.ladder = LadderOps(self, gpus)
+        self.ladder = LadderOps(self, gpus, wall=wall, history=history)
         # Workers that let a request time out, checked by health probes (gateway reports).
         self.suspects = SuspectChecks(self)
         # Stop tasks in flight (the bench waits on them).

@@ -11,9 +11,9 @@ from __future__ import annotations
 import logging
 import os
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Protocol
 
 import aiohttp
@@ -22,12 +22,17 @@ from torpor.controller.model import Deployment, Worker
 from torpor.engines.base import HttpCall, SleepMode
 from torpor.gpus import GpuPool, matches_model
 from torpor.ladder import (
+    HISTORY_WEEKS,
+    WEEK_S,
     LadderPolicy,
     LadderWorker,
     Resident,
     Transition,
     Window,
     awake_target,
+    burst_starts,
+    history_next_check,
+    history_prewake,
     pick_evictions,
     plan_ladder,
     schedule_state,
@@ -42,6 +47,18 @@ log = logging.getLogger(__name__)
 
 # One engine control call (a vLLM level-2 wake reloads weights: minutes on a big model).
 CONTROL_CALL_TIMEOUT_S = 600.0
+# How often the usage history behind `prewake: "history"` is read again (ladder wall time).
+HISTORY_REFRESH_S = 3600.0
+
+
+class BurstHistory(Protocol):
+    """Past usage for predictive pre-warm, read off the loop."""
+
+    async def active_hours(
+        self, deployments: Sequence[str], since: datetime
+    ) -> dict[str, list[datetime]]:
+        """Per deployment, the starts (UTC) of the hours since `since` with a request."""
+        ...
 
 
 class Sleeper(Protocol):
@@ -118,6 +135,7 @@ class LadderOps:
         gpus: GpuPool,
         sleeper: Sleeper | None = None,
         wall: Callable[[], datetime] | None = None,
+        history: BurstHistory | None = None,
     ):
         from torpor.store.db import utcnow
 
@@ -125,6 +143,13 @@ class LadderOps:
         self.gpus = gpus
         self.sleeper: Sleeper = sleeper or EngineSleeper()
         self.wall = wall or utcnow
+        self.history = history
+        # When each deployment's bursts began (prewake "history"), as last read, and when
+        # and for which deployments they were read.
+        self.bursts: dict[str, list[datetime]] = {}
+        self._history_read: datetime | None = None
+        self._history_names: frozenset[str] = frozenset()
+        self._history_busy = False
 
     # -- the ladder -----------------------------------------------------------------------
 
@@ -133,7 +158,16 @@ class LadderOps:
         wall = self.wall()
         windows = [Window(w.cron, w.duration_s, w.min_workers) for w in spec.schedule]
         sched = schedule_state(windows, wall)
+        next_change = sched.next_change
         low = max(spec.min_workers, sched.min_workers)
+        if spec.prewake == "history":
+            # Predictive pre-warm: one worker awake (woken, or started when cold) from a
+            # little before the hour of the week in which bursts usually begin.
+            self._read_history(wall)
+            if history_prewake(self.bursts.get(dep.name, ()), wall):
+                low = max(low, min(1, spec.max_workers))
+            check = history_next_check(wall)
+            next_change = check if next_change is None else min(next_change, check)
         target = awake_target(
             dep.gate.demand, spec.concurrency, low, spec.max_workers, spec.buffer_workers
         )
@@ -161,10 +195,44 @@ class LadderOps:
         for wid, reason in plan.stop:
             self.ctl.workers.stop(dep, dep.workers[wid], WorkerState.STOPPED, reason)
         wake_at = plan.wake_at
-        if sched.next_change is not None:
-            at = now + max(0.0, (sched.next_change - wall).total_seconds())
+        if next_change is not None:
+            at = now + max(0.0, (next_change - wall).total_seconds())
             wake_at = at if wake_at is None else min(wake_at, at)
         return LadderStep(low, spec.buffer_workers * spec.concurrency, wake_at)
+
+    def _read_history(self, wall: datetime) -> None:
+        """Read the bursts of the deployments with prewake "history" in a task when the
+        last read is older than HISTORY_REFRESH_S or missed one of them; the result comes
+        back through the inbox."""
+        names = frozenset(
+            d.name for d in self.ctl.deployments.values() if d.spec.prewake == "history"
+        )
+        read = self._history_read
+        fresh = read is not None and (wall - read).total_seconds() < HISTORY_REFRESH_S
+        if self.history is None or self._history_busy or (fresh and names <= self._history_names):
+            return
+        self._history_busy = True
+        source, since = self.history, wall - timedelta(seconds=WEEK_S * (HISTORY_WEEKS + 1))
+
+        async def run() -> None:
+            bursts: dict[str, list[datetime]] | None = None
+            try:
+                hours = await source.active_hours(sorted(names), since)
+                bursts = {name: burst_starts(h) for name, h in hours.items()}
+            except Exception:
+                log.exception("reading the usage history for pre-warm failed")
+
+            async def done() -> None:
+                # After a failure too: tried again once the refresh interval has passed.
+                self._history_busy, self._history_read = False, wall
+                self._history_names = names
+                if bursts is not None:
+                    self.bursts = bursts
+                self.ctl.wake()
+
+            self.ctl.post(done)
+
+        self.ctl.workers.spawn(run())
 
     def _sleep(self, dep: Deployment, w: Worker) -> None:
         assert w.sleep_mode is not None and w.handle is not None

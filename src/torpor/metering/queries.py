@@ -281,6 +281,31 @@ async def timeseries(
     return series
 
 
+class UsageHistory:
+    """When deployments had requests, from the hourly rollups (kept past raw retention):
+    what predictive pre-warm learns from (torpor.controller.sleep.BurstHistory)."""
+
+    def __init__(self, engine: AsyncEngine):
+        self.engine = engine
+
+    async def active_hours(
+        self, deployments: Sequence[str], since: datetime
+    ) -> dict[str, list[datetime]]:
+        h = UsageHourlyRow
+        out: dict[str, list[datetime]] = {name: [] for name in deployments}
+        if not deployments:
+            return out
+        async with AsyncSession(self.engine) as s:
+            rows = await s.execute(
+                select(h.deployment, h.hour)
+                .where(h.deployment.in_(list(deployments)), h.hour >= since, h.requests > 0)
+                .group_by(h.deployment, h.hour)
+            )
+            for name, hour in rows:
+                out[name].append(_utc(hour))
+        return out
+
+
 async def last_used(
     engine: AsyncEngine, pending: Sequence[RequestUsage] = ()
 ) -> dict[str, datetime]:
