@@ -74,6 +74,15 @@ def can_freeze(handle: WorkerHandle) -> bool:
     return handle.node == "local" and handle.pid is not None
 
 
+def can_sleep(w: Worker) -> bool:
+    """An engine that can sleep, and for a freeze, a process this host can signal (a Ray
+    actor or a remote worker skips the rung and stops at idle_timeout_s)."""
+    mode, handle = w.sleep_mode, w.handle
+    if mode is None or handle is None:
+        return False
+    return mode.kind != "freeze" or can_freeze(handle)
+
+
 class EngineSleeper:
     """The engines' own calls over HTTP (loopback or the worker's node), or SIGSTOP/SIGCONT
     of a local worker's process group."""
@@ -178,7 +187,7 @@ class LadderOps:
                 w.state,
                 dep.gate.inflight.get(w.id, 0),
                 idle_since(dep, w),
-                w.sleep_mode is not None and w.handle is not None,
+                can_sleep(w),
                 w.transition,
                 w.spec_version != dep.spec_version,
             )

@@ -168,13 +168,20 @@ class WorkerOps:
         self.ctl.event(dep, "worker", "provisioning", f"{w.id} started ({where})")
 
     def adopt(self, dep: Deployment, row: WorkerRow, handle: WorkerHandle) -> None:
-        """A worker of an earlier run, still serving: it is ours again."""
+        """A worker of an earlier run, still serving: it is ours again, on the sleep/wake
+        ladder like the others (its engine's sleep mode; asleep still if it slept)."""
         now = self.ctl.clock()
+        try:
+            sleep_mode = engine_for(dep.spec.framework).launch(dep.spec, dep.model_path).sleep
+        except Exception as exc:  # a launch that cannot be described: it just never sleeps
+            log.warning("adopted worker %s: no sleep mode (%s)", row.id, exc)
+            sleep_mode = None
+        asleep = row.state == WorkerState.SLEEPING.value and sleep_mode is not None
         w = Worker(
             id=row.id,
             deployment=dep.name,
             spec_version=row.spec_version,
-            state=WorkerState.HEALTHY,
+            state=WorkerState.SLEEPING if asleep else WorkerState.HEALTHY,
             log_path=handle.log_path,
             restarts=row.restarts,
             started_at=as_utc(row.started_at) or utcnow(),
@@ -185,7 +192,11 @@ class WorkerOps:
             ready_at=as_utc(row.ready_at) or utcnow(),
             ready_mono=now,
             reason="adopted after a restart of torpor",
+            sleep_mode=sleep_mode,
         )
+        if asleep:
+            w.asleep_mono = now
+            w.frozen = sleep_mode is not None and sleep_mode.kind == "freeze"
         dep.workers[w.id] = w
         if not self.runtime.assigns_devices and w.gpu_ids:
             self.gpus.claim(w.id, w.gpu_ids, dep.spec.accelerator)
@@ -194,7 +205,9 @@ class WorkerOps:
                 w.id, dep.name, dep.spec.gpu_type or "gpu", dep.spec.gpus, w.started_at
             )
             self.meter.worker_ready(w.id, w.ready_at or utcnow())
-        self.ctl.event(dep, "worker", "healthy", f"{w.id} adopted (node {handle.node})")
+            if asleep:
+                self.meter.worker_slept(w.id, utcnow())
+        self.ctl.event(dep, "worker", w.state.value, f"{w.id} adopted (node {handle.node})")
 
     # -- ready, failed, stopped ---------------------------------------------------------
 
