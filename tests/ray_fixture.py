@@ -59,6 +59,8 @@ class RayCluster:
     # Each GPU node's own model cache (TORPOR_NODE_CACHE in its environment), as separate
     # machines have separate disks.
     node_caches: list[Path] = field(default_factory=list)
+    # GPU nodes started so far: a replacement node never reuses a live node's cache name.
+    started_nodes: int = 0
 
     @property
     def address(self) -> str:
@@ -93,7 +95,8 @@ class RayCluster:
         return self
 
     def add_gpu_node(self, kind: str = "A100") -> None:
-        cache = self.temp_dir / f"cache{len(self.node_caches)}"
+        cache = self.temp_dir / f"cache{self.started_nodes}"
+        self.started_nodes += 1
         self.node_caches.append(cache)
         self._run(
             [
