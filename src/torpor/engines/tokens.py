@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, cast, runtime_checkable
 
 
 @dataclass(frozen=True)
@@ -35,15 +35,23 @@ class CountsTokens(Protocol):
         ...
 
 
+def counts_tokens(engine: object) -> CountsTokens | None:
+    """The engine when it declares `token_calls`, else None. The same test as
+    `isinstance(engine, CountsTokens)`, which on a runtime-checkable protocol costs about
+    16 us a call: on the request path of every budgeted request and metered stream."""
+    return cast(CountsTokens, engine) if callable(getattr(engine, "token_calls", None)) else None
+
+
 def token_counter(
     engine: object, model: str, route: str, payload: dict[str, Any]
 ) -> Callable[[str], TokenCalls | None] | None:
     """For a request: completion text -> the calls that count it, or None."""
-    if not isinstance(engine, CountsTokens):
+    counter = counts_tokens(engine)
+    if counter is None:
         return None
-    if engine.token_calls(model, route, payload, "") is None:
+    if counter.token_calls(model, route, payload, "") is None:
         return None
-    return lambda completion: engine.token_calls(model, route, payload, completion)
+    return lambda completion: counter.token_calls(model, route, payload, completion)
 
 
 def prompt_of(route: str, payload: dict[str, Any]) -> dict[str, Any] | None:
@@ -63,7 +71,8 @@ def prompt_call(
     engine: object, model: str, route: str, payload: dict[str, Any]
 ) -> TokenCall | None:
     """The call that counts a request's prompt with the engine's tokenizer, or None."""
-    if not isinstance(engine, CountsTokens):
+    counter = counts_tokens(engine)
+    if counter is None:
         return None
-    calls = engine.token_calls(model, route, payload, "")
+    calls = counter.token_calls(model, route, payload, "")
     return calls.prompt if calls is not None else None

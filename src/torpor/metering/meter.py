@@ -245,14 +245,18 @@ class Meter:
         if not key_caps.any and not dep_caps.any and key.budget_gpu_usd_monthly is None:
             return Reservation(key.id, deployment, 0, 0.0, released=True)
         key_spent = _plus(self._month.by_key.get(key.id), self._reserved_key.get(key.id))
-        dep_spent = _plus(
-            self._month.by_deployment.get(deployment), self._reserved_dep.get(deployment)
+        dep_spent = (
+            _plus(self._month.by_deployment.get(deployment), self._reserved_dep.get(deployment))
+            if dep_caps.any
+            else _NONE_SPENT
         )
         self._refuse_if_spent(key, deployment, key_spent, key_caps, dep_spent, dep_caps)
-        lefts = [
-            left_of(f"key {key.name!r}", key_spent, key_caps),
-            left_of(f"deployment {deployment!r}", dep_spent, dep_caps),
-        ]
+        # Only the budgets that cap something (an uncapped one leaves every limit alone).
+        lefts = []
+        if key_caps.any:
+            lefts.append(left_of(f"key {key.name!r}", key_spent, key_caps))
+        if dep_caps.any:
+            lefts.append(left_of(f"deployment {deployment!r}", dep_spent, dep_caps))
         ask = ask_of(route, payload, prompt_tokens)
         grant = plan(ask, self.prices_for(deployment), self.context_for(deployment), lefts)
         if isinstance(grant, str):
@@ -605,6 +609,9 @@ class Meter:
 
 def _nothing() -> None:
     return None
+
+
+_NONE_SPENT = Spent()
 
 
 def _plus(a: Spent | None, b: Spent | None) -> Spent:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from decimal import Decimal
+from functools import cached_property
 
 HOURS_PER_MONTH = 730.0
 _NANO_PER_MTOK = Decimal(1000)  # nano-dollars per token at $1 per million tokens
@@ -26,6 +27,16 @@ class Prices:
     # USD per device-hour while a worker sleeps (None: the full GPU rate, since a sleeping
     # worker still holds its devices).
     gpu_hourly_sleeping: float | None = None
+
+    @cached_property
+    def prompt_token_usd(self) -> Decimal:
+        """USD per prompt token, exact (computed once per Prices: budget reservations use it
+        on the request path)."""
+        return Decimal(repr(self.prompt_per_mtok)) / 1_000_000
+
+    @cached_property
+    def completion_token_usd(self) -> Decimal:
+        return Decimal(repr(self.completion_per_mtok)) / 1_000_000
 
     @property
     def sleeping_hourly(self) -> float:

@@ -143,10 +143,7 @@ def ask_of(route: str, payload: dict[str, Any], counted: int | None = None) -> A
 
 
 def _usd(tokens_prompt: int, tokens_completion: int, prices: Prices) -> Decimal:
-    return (
-        tokens_prompt * Decimal(str(prices.prompt_per_mtok))
-        + tokens_completion * Decimal(str(prices.completion_per_mtok))
-    ) / _MILLION
+    return tokens_prompt * prices.prompt_token_usd + tokens_completion * prices.completion_token_usd
 
 
 def plan(ask: Ask, prices: Prices, context_limit: int, lefts: list[Left]) -> Grant | str:
@@ -164,8 +161,8 @@ def plan(ask: Ask, prices: Prices, context_limit: int, lefts: list[Left]) -> Gra
     need = 1 if generating else 0
     size = f"{prompt} tokens, counted by the engine" if ask.counted else f"up to {prompt} tokens"
     budget_limit: int | None = None
-    p_rate = Decimal(str(prices.prompt_per_mtok)) / _MILLION
-    c_rate = Decimal(str(prices.completion_per_mtok)) / _MILLION
+    p_rate = prices.prompt_token_usd
+    c_rate = prices.completion_token_usd
     for left in lefts:
         if left.tokens is not None:
             if left.tokens <= 0:
