@@ -1,10 +1,14 @@
 """Sleep/wake ladder: a bursty day-long trace, compressed in time, replayed against one
 deployment of the fake engine with GPU-like delays (boot 20 s, sleep 0.5 s, wake 0.5 s),
-under three policies:
+under four policies:
 
   always_on       min_workers 1: never a cold start, the GPU held all day
   scale_to_zero   idle_timeout_s 5: stopped when idle, every burst after a gap cold-starts
   ladder          sleep_after_s 1, then asleep until demand (idle_timeout_s a day)
+  ladder_prewarm  the ladder with prewake "history": the same day was replayed on the same
+                  weekday of the last 4 weeks (seeded into the hourly usage rollups), and
+                  torpor's ladder clock runs 3600/hour_s times faster from the replay's
+                  start, so the hours of the week line up with the compressed day
 
 Each run starts with one ready worker. TTFT is measured by the client (streamed). GPU time
 is integrated from the worker states torpor reports (polled every 0.2 s): awake seconds
@@ -20,12 +24,18 @@ import contextlib
 import random
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from bench.harness import ADMIN_KEY, Processes, Torpor, fake_spec, machine_info, start_torpor
 from bench.load import Call, Sample, new_session, percentile, send
 from bench.report import Result, Table, Target
+from torpor.metering.tables import UsageHourlyRow
+from torpor.metering.writes import upsert_add
+from torpor.store import open_store
 
 PROMPT = [{"role": "user", "content": "Say hello."}]
 ENGINE_ARGS = [
@@ -36,7 +46,19 @@ POLICIES: dict[str, dict[str, Any]] = {
     "always_on": {"min_workers": 1, "idle_timeout_s": 86_400},
     "scale_to_zero": {"min_workers": 0, "idle_timeout_s": 5},
     "ladder": {"min_workers": 0, "sleep_after_s": 1, "idle_timeout_s": 86_400},
+    "ladder_prewarm": {
+        "min_workers": 0,
+        "sleep_after_s": 1,
+        "idle_timeout_s": 86_400,
+        "prewake": "history",
+    },
 }
+# The replayed day in the ladder's clock (a Monday); its history is the same day of the 4
+# weeks before. Torpor's ladder clock reaches it when the replay starts, which is this long
+# after torpor is started (deploy and the 20 s boot fit in it).
+PREWARM_DAY = datetime(2026, 11, 2, tzinfo=UTC)
+HISTORY_WEEKS = 4
+REPLAY_MARGIN_S = 45.0
 
 
 @dataclass(frozen=True)
@@ -98,9 +120,40 @@ async def _replay(torpor: Torpor, name: str, arrivals: list[float]) -> list[Samp
         return list(await asyncio.gather(*(one(a) for a in arrivals)))
 
 
+async def _seed_history(torpor: Torpor, name: str) -> None:
+    """The hourly rollups of the same day in the last HISTORY_WEEKS weeks."""
+    store = await open_store(f"sqlite+aiosqlite:///{torpor.data_dir / 'torpor.db'}")
+    try:
+        async with AsyncSession(store.engine) as s, s.begin():
+            for week in range(1, HISTORY_WEEKS + 1):
+                day = PREWARM_DAY - timedelta(weeks=week)
+                for hour, bursts in enumerate(BURSTS_PER_HOUR):
+                    if not bursts:
+                        continue
+                    keys = {"hour": day + timedelta(hours=hour), "deployment": name}
+                    counts = {"requests": bursts * 7, "errors": 0, "prompt_tokens": 0,
+                              "completion_tokens": 0, "latency_ms_sum": 0.0,
+                              "ttft_ms_sum": 0.0, "ttft_count": 0, "cold_starts": 0,
+                              "cost_nusd": 0}  # fmt: skip
+                    await upsert_add(s, UsageHourlyRow, {**keys, "key_id": "history"}, counts)
+    finally:
+        await store.close()
+
+
 async def _policy(procs: Processes, work: Path, policy: str, cfg: Config) -> dict[str, Any]:
-    torpor = start_torpor(procs, work / policy, name=f"torpor-{policy}")
+    replay_at: float | None = None
+    env: dict[str, str] = {}
+    if POLICIES[policy].get("prewake") == "history":
+        replay_at = time.time() + REPLAY_MARGIN_S
+        env = {
+            "TORPOR_LADDER_CLOCK_SPEEDUP": str(3600 / cfg.hour_s),
+            "TORPOR_LADDER_CLOCK_START": PREWARM_DAY.isoformat(),
+            "TORPOR_LADDER_CLOCK_REAL_START": str(replay_at),
+        }
+    torpor = start_torpor(procs, work / policy, name=f"torpor-{policy}", env=env)
     name = policy.replace("_", "-")
+    if replay_at is not None:
+        await _seed_history(torpor, name)
     fields = dict(POLICIES[policy])
     spec = fake_spec(
         name, ENGINE_ARGS, min_workers=1, max_workers=2, concurrency=8, wait_time_s=120
@@ -111,6 +164,10 @@ async def _policy(procs: Processes, work: Path, policy: str, cfg: Config) -> dic
     torpor.wait_for(name, lambda d: any(w["state"] == "healthy" for w in d["workers"]))
     with torpor.api() as c:
         c.patch(f"/api/deployments/{name}", json=fields).raise_for_status()
+    late_s = 0.0
+    if replay_at is not None:  # start when the ladder's clock reads the day's 00:00
+        late_s = time.time() - replay_at
+        await asyncio.sleep(max(0.0, -late_s))
     arrivals = trace(cfg)
     stop = asyncio.Event()
     watcher = asyncio.create_task(_watch(torpor, name, stop))
@@ -133,6 +190,7 @@ async def _policy(procs: Processes, work: Path, policy: str, cfg: Config) -> dic
         "billed_sleep_free_s": gpu["awake_s"],
         "wakes": sum(int(w.get("wakes") or 0) for w in dep["workers"]),
         "workers_started": len(dep["workers"]),
+        "replay_late_s": max(0.0, late_s),
     }
 
 
@@ -147,6 +205,7 @@ async def run(out_dir: Path, smoke: bool, work: Path) -> Result:
             procs.close()
     base = rows["always_on"]
     lad = rows["ladder"]
+    pre = rows["ladder_prewarm"]
     table = Table(
         "A bursty day in "
         f"{len(BURSTS_PER_HOUR) * cfg.hour_s:.0f} s (boot 20 s, sleep 0.5 s, wake 0.5 s)",
@@ -207,6 +266,27 @@ async def run(out_dir: Path, smoke: bool, work: Path) -> Result:
                 "sleeping seconds are billed at the full rate by default (the worker holds "
                 "its devices); the target holds only where sleep frees the GPU and is priced so",
             ),
+            Target(
+                "ladder + pre-warm P99 TTFT",
+                "within 2x always-on's",
+                f"{pre['p99_ttft_s']:.3f} s vs {base['p99_ttft_s']:.3f} s",
+                (pre["p99_ttft_s"] or 1e9) <= 2 * (base["p99_ttft_s"] or 0),
+            ),
+            Target(
+                "ladder + pre-warm GPU-seconds",
+                "at most 30% of always-on's",
+                f"{pre['billed_sleep_free_s'] / max(base['billed_full_rate_s'], 1e-9):.0%} with "
+                "sleeping seconds free",
+                pre["billed_sleep_free_s"] <= 0.30 * base["billed_full_rate_s"],
+            ),
         ],
-        notes=["Predictive pre-warm (prewake: history) is not part of this run."],
+        notes=[
+            "ladder + pre-warm: prewake 'history' learns from the same day replayed on the "
+            f"same weekday of the last {HISTORY_WEEKS} weeks (hourly rollups seeded before the "
+            "run); torpor's ladder clock (TORPOR_LADDER_CLOCK_*) runs "
+            f"{3600 / cfg.hour_s:.0f}x faster, reading the day's 00:00 when the replay starts "
+            f"(started {pre['replay_late_s']:.1f} s late). The worker is kept awake from 2 "
+            "minutes (0.2 s here) before each hour in which a burst began after a quiet hour "
+            "(hours 3, 7, 14 and 21) until that hour ends.",
+        ],
     )
