@@ -109,20 +109,15 @@ def plan_scaling(view: ScalingView, now: float) -> ScalingPlan:
 
     # Starting workers still waiting for capacity beyond what is wanted are not needed.
     waiting = [w for w in current if w.state is WorkerState.PROVISIONING and w.pending]
-    spare_starts = len(current) - target
-    for w in waiting[: max(0, spare_starts)]:
-        stop.append((w.id, "no longer needed"))
+    unneeded = waiting[: max(0, len(current) - target)]
+    stop.extend((w.id, "no longer needed") for w in unneeded)
 
     finish_drain = tuple(
         w.id for w in view.workers if w.state is WorkerState.DRAINING and w.inflight == 0
     )
 
     # Idle reap: beyond the desired count, stop workers idle for idle_timeout_s.
-    surplus = (
-        len(current)
-        - max(desired, view.min_workers)
-        - sum(1 for s in stop if s[1] == "no longer needed")
-    )
+    surplus = len(current) - max(desired, view.min_workers) - len(unneeded)
     if surplus > 0 and not outdated_ready:
         idle = sorted(
             (w for w in current_ready if w.inflight == 0 and w.idle_since is not None),
