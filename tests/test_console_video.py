@@ -6,14 +6,16 @@ deployment that is not a video model. No error may reach the browser console."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
-from playwright.sync_api import Browser, expect, sync_playwright
+from playwright.sync_api import expect
 
 from tests.conftest import TorporServer
-from tests.test_console import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, DIST, Console
+from tests.test_console import DIST, Console, browser, ui
 from tests.test_videos import usage_rows, video_spec
+
+# The browser and the signed-in page are test_console's; `srv` below is this module's own.
+__all__ = ["browser", "ui"]
 
 
 @pytest.fixture(scope="module")
@@ -27,30 +29,6 @@ def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TorporServer]:
     finally:
         server.stop()
         assert server.survivors() == [], f"workers outlived torpor: {server.survivors()}"
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    assert Path(CHROMIUM).exists(), f"{CHROMIUM} missing: scripts/test installs chromium"
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    with sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            yield b
-        finally:
-            b.close()
-
-
-@pytest.fixture
-def ui(browser: Browser, srv: TorporServer) -> Iterator[Console]:
-    context = browser.new_context(viewport={"width": 1280, "height": 900})
-    context.add_init_script(f"window.sessionStorage.setItem('torpor.apiKey', {srv.admin_key!r})")
-    c = Console(context.new_page(), srv)
-    try:
-        yield c
-        c.assert_clean()
-    finally:
-        context.close()
 
 
 PLAYING = """() => {
