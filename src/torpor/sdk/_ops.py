@@ -83,6 +83,28 @@ class Op(Generic[T]):
     timeout: httpx.Timeout = field(default_factory=lambda: DEFAULT_TIMEOUT)
 
 
+def http_options(url: str, api_key: str | None, max_parallel: int) -> JSON:
+    """The keyword arguments of the httpx client (sync or async) behind a torpor client."""
+    return {
+        "base_url": url,
+        "headers": {"Authorization": f"Bearer {api_key}"} if api_key else {},
+        "timeout": DEFAULT_TIMEOUT,
+        "limits": httpx.Limits(max_connections=max(max_parallel, 10)),
+    }
+
+
+def request_args(op: Op[Any]) -> JSON:
+    """The keyword arguments of `httpx.(Async)Client.request` for `op`, past method and path."""
+    return {"json": op.json, "params": op.params, "headers": op.headers, "timeout": op.timeout}
+
+
+def answer(op: Op[T], response: httpx.Response) -> T:
+    """The parsed answer of `op`, or its typed error for a status >= 400."""
+    if response.status_code >= 400:
+        raise failure(response)
+    return op.parse(decode(response, op.path))
+
+
 def transport_error(url: str, exc: httpx.TransportError) -> TorporError:
     if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):
         return APIConnectionError(

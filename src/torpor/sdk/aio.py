@@ -43,13 +43,8 @@ class AsyncClient:
     ) -> None:
         self.url = ops.resolve_url(url)
         self.api_key = ops.resolve_key(api_key)
-        headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
         self._http = httpx.AsyncClient(
-            base_url=self.url,
-            headers=headers,
-            timeout=ops.DEFAULT_TIMEOUT,
-            transport=transport,
-            limits=httpx.Limits(max_connections=max(max_parallel, 10)),
+            transport=transport, **ops.http_options(self.url, self.api_key, max_parallel)
         )
         self.max_parallel = max_parallel
 
@@ -69,19 +64,10 @@ class AsyncClient:
 
     async def _run(self, op: ops.Op[T]) -> T:
         try:
-            response = await self._http.request(
-                op.method,
-                op.path,
-                json=op.json,
-                params=op.params,
-                headers=op.headers,
-                timeout=op.timeout,
-            )
+            response = await self._http.request(op.method, op.path, **ops.request_args(op))
         except httpx.TransportError as exc:
             raise ops.transport_error(self.url, exc) from exc
-        if response.status_code >= 400:
-            raise ops.failure(response)
-        return op.parse(ops.decode(response, op.path))
+        return ops.answer(op, response)
 
     async def _lines(
         self, method: str, path: str, *, params: Mapping[str, str] | None = None, json: Any = None

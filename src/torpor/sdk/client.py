@@ -45,14 +45,8 @@ class Client:
     ) -> None:
         self.url = ops.resolve_url(url)
         self.api_key = ops.resolve_key(api_key)
-        headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
-        limits = httpx.Limits(max_connections=max(max_parallel, 10))
         self._http = httpx.Client(
-            base_url=self.url,
-            headers=headers,
-            timeout=ops.DEFAULT_TIMEOUT,
-            transport=transport,
-            limits=limits,
+            transport=transport, **ops.http_options(self.url, self.api_key, max_parallel)
         )
         self.max_parallel = max_parallel
 
@@ -74,19 +68,10 @@ class Client:
 
     def _run(self, op: ops.Op[T]) -> T:
         try:
-            response = self._http.request(
-                op.method,
-                op.path,
-                json=op.json,
-                params=op.params,
-                headers=op.headers,
-                timeout=op.timeout,
-            )
+            response = self._http.request(op.method, op.path, **ops.request_args(op))
         except httpx.TransportError as exc:
             raise ops.transport_error(self.url, exc) from exc
-        if response.status_code >= 400:
-            raise ops.failure(response)
-        return op.parse(ops.decode(response, op.path))
+        return ops.answer(op, response)
 
     def _lines(
         self, method: str, path: str, *, params: Mapping[str, str] | None = None, json: Any = None
