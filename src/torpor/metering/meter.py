@@ -557,11 +557,12 @@ class Meter:
         if since is None:
             since = now
         seconds = (now - since).total_seconds()
+        costs: dict[str, int] = {}
         async with AsyncSession(self.store.engine) as s, s.begin():
             for dep, size in sizes.items():
                 gb = size / 1e9
                 gb_s = gb * seconds
-                nusd = self.prices_for(dep).storage_nusd(gb_s)
+                nusd = costs[dep] = self.prices_for(dep).storage_nusd(gb_s)
                 self.metrics.observe_storage(dep, gb, nusd / NANO)
                 await writes.upsert_add(
                     s,
@@ -570,8 +571,8 @@ class Meter:
                     {"gb_seconds": gb_s, "cost_nusd": nusd},
                     {"last_gb": gb},
                 )
-        for dep, size in sizes.items():
-            self._add_dep_usd(dep, self.prices_for(dep).storage_nusd(size / 1e9 * seconds) / NANO)
+        for dep, nusd in costs.items():  # committed: now it counts against budgets
+            self._add_dep_usd(dep, nusd / NANO)
 
     async def prune(self) -> int:
         """Delete raw events past retention (rollups stay)."""
