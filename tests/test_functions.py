@@ -271,3 +271,34 @@ def test_gpu_strings_and_image_ids(tmp_path: Path) -> None:
     for bad in ("/etc/passwd", "../up", "code/x.py", ""):
         with pytest.raises(ValueError):
             base.add_local_file(copy, bad)
+
+
+def test_function_server_answers_a_users_lookup_error_as_a_function_error() -> None:
+    # The function server in this process, on loopback: a KeyError raised by user code is
+    # the function's error (400 function_error), not "no such method" (404).
+    import threading
+    from http.server import ThreadingHTTPServer
+
+    from torpor.functions.server import Target, make_handler
+
+    def lookup(key: str) -> int:
+        return {"a": 1}[key]
+
+    module = ModuleType("lookups")
+    module.lookup = lookup  # type: ignore[attr-defined]
+    target = Target({"function": "lookup"}, module)
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), make_handler(target))
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{httpd.server_address[1]}"
+    try:
+        assert httpx.post(f"{url}/call", json={"args": ["a"]}).json() == {"result": 1}
+        r = httpx.post(f"{url}/call", json={"args": ["b"]})
+        assert r.status_code == 400, r.text
+        assert r.json()["error"]["code"] == "function_error"
+        assert r.json()["error"]["exception"] == "KeyError"
+        r = httpx.post(f"{url}/call/nope", json={})
+        assert r.status_code == 404, r.text
+        assert r.json()["error"]["code"] == "not_found"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()

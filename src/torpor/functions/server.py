@@ -44,6 +44,11 @@ class CallError(Exception):
     Defined here, not in torpor.errors: the worker imports the standard library only."""
 
 
+class NoSuchCall(Exception):
+    """A call to a method the deployment does not have (404). Not LookupError: the user's
+    KeyError or IndexError is the function's error."""
+
+
 def load_module(spec: dict[str, Any], workdir: Path) -> Any:
     """Write the deployment's source next to the worker and import it (once)."""
     code = workdir / "code"
@@ -103,7 +108,7 @@ class Target:
         fn = self.calls.get(method)
         if fn is None:
             what = f"method {method!r}" if method else "a plain call (name a method)"
-            raise LookupError(f"this deployment has no {what}")
+            raise NoSuchCall(f"this deployment has no {what}")
         try:
             payload = json.loads(body or b"{}")
         except ValueError as exc:
@@ -179,7 +184,7 @@ def make_handler(target: Target) -> type[BaseHTTPRequestHandler]:
                     else {"result": result}
                 )
                 data = json.dumps(reply).encode()
-            except LookupError as exc:
+            except NoSuchCall as exc:
                 self._send(404, error_body(str(exc), "invalid_request_error", "not_found"))
                 return
             except CallError as exc:
