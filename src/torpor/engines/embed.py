@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from torpor.engines.base import FREEZE, EngineLaunch, refuse_unknown_options
+from torpor.engines.describe import option_names
 
 if TYPE_CHECKING:
     from torpor.spec import DeploymentSpec
@@ -30,7 +31,7 @@ class EmbedEngine:
                 "model: embed needs a sentence-transformers model (repo id, directory "
                 "or 'all-minilm-l6-v2')"
             )
-        refuse_unknown_options(self.name, spec.options, set())
+        refuse_unknown_options(self.name, spec.options, option_names(self.name))
         if spec.gpus:
             raise ValueError("gpus: the embed engine runs on the CPU; set gpus to 0")
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from torpor.engines.base import FREEZE, OPENAI_ROUTES, EngineLaunch, refuse_unknown_options
+from torpor.engines.describe import option_names
 from torpor.engines.fields import RequestFields
 from torpor.engines.tokens import TokenCall, TokenCalls, prompt_of
 
@@ -52,7 +53,7 @@ class LlamaCppEngine:
     def validate(self, spec: DeploymentSpec) -> None:
         if not spec.model:
             raise ValueError("model: llama.cpp needs a GGUF file path or 'smollm2-135m-instruct'")
-        refuse_unknown_options(self.name, spec.options, set())
+        refuse_unknown_options(self.name, spec.options, option_names(self.name))
 
     def launch(self, spec: DeploymentSpec, model_path: Path | None) -> EngineLaunch:
         assert model_path is not None

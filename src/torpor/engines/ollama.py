@@ -16,12 +16,13 @@ from torpor.engines.base import (
     check_str,
     refuse_unknown_options,
 )
+from torpor.engines.describe import option_names
 from torpor.engines.fields import RequestFields
 
 if TYPE_CHECKING:
     from torpor.spec import DeploymentSpec
 
-OPTIONS = {"keep_alive"}
+OPTIONS = option_names("ollama")  # the described options (torpor.engines.describe)
 TAG_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]*(:[A-Za-z0-9._-]+)?$")
 
 
