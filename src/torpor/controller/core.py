@@ -269,7 +269,7 @@ class Controller:
                 self._restart_setup(dep)
                 dep.state = check_setup(dep.state, SetupState.STARTING)
                 await self._advance_setup(dep)
-            self._event(dep, "spec", f"v{dep.spec_version}", "spec changed: rolling workers")
+            self.event(dep, "spec", f"v{dep.spec_version}", "spec changed: rolling workers")
         self.workers.publish_routes(dep)
         await self._save_deployment(dep)
         self.wake()
@@ -367,7 +367,7 @@ class Controller:
         dep.state = check_setup(dep.state, state) if dep.state is not state else state
         dep.reason = reason
         dep.updated_at = utcnow()
-        self._event(dep, "setup", state.value, reason or "")
+        self.event(dep, "setup", state.value, reason or "")
         await self._flush_events()  # setup steps are visible in /events at once
         await self._save_deployment(dep)
 
@@ -452,7 +452,7 @@ class Controller:
         elif verdict is Verdict.PENDING:
             if not w.pending or w.reason != reason:
                 w.pending, w.reason, w.dirty = True, reason, True
-                self._event(dep, "worker", "pending", f"{w.id}: {reason}")
+                self.event(dep, "worker", "pending", f"{w.id}: {reason}")
         elif verdict in (Verdict.FAILED, Verdict.TIMED_OUT):
             self.workers.stop(dep, w, WorkerState.FAILED, reason or "failed")
             w.exit_code = code
@@ -511,7 +511,7 @@ class Controller:
         refusal = self.meter.scale_refusal(dep.name) if self.meter is not None else None
         if refusal != dep.budget_refusal and (refusal is None or plan.start):
             if refusal is not None:
-                self._event(dep, "deployment", "budget_exceeded", refusal)
+                self.event(dep, "deployment", "budget_exceeded", refusal)
             dep.budget_refusal = refusal
         for _ in range(plan.start if refusal is None else 0):
             if not self.workers.start(dep, now):
@@ -577,8 +577,6 @@ class Controller:
                 "message": message,
             }
         )
-
-    _event = event
 
     async def _flush_events(self) -> None:
         events, self._pending_events = self._pending_events, []

@@ -39,6 +39,7 @@ from torpor.ladder import (
 )
 from torpor.runtime import WorkerHandle
 from torpor.states import WorkerState, check_worker
+from torpor.store.db import utcnow
 
 if TYPE_CHECKING:
     from torpor.controller.core import Controller
@@ -146,8 +147,6 @@ class LadderOps:
         wall: Callable[[], datetime] | None = None,
         history: BurstHistory | None = None,
     ):
-        from torpor.store.db import utcnow
-
         self.ctl = ctl
         self.gpus = gpus
         self.sleeper: Sleeper = sleeper or EngineSleeper()
@@ -267,8 +266,6 @@ class LadderOps:
     def _bill(self, w: Worker, asleep: bool) -> None:
         meter = self.ctl.workers.meter
         if meter is not None:
-            from torpor.store.db import utcnow
-
             meter.worker_slept(w.id, utcnow(), asleep)
 
     def _spawn(
