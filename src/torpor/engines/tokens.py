@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol, cast, runtime_checkable
+from typing import Any, Protocol, cast
 
 
 @dataclass(frozen=True)
@@ -25,7 +25,6 @@ class TokenCalls:
     completion: TokenCall
 
 
-@runtime_checkable
 class CountsTokens(Protocol):
     def token_calls(
         self, model: str, route: str, payload: dict[str, Any], completion: str
@@ -36,9 +35,9 @@ class CountsTokens(Protocol):
 
 
 def counts_tokens(engine: object) -> CountsTokens | None:
-    """The engine when it declares `token_calls`, else None. The same test as
-    `isinstance(engine, CountsTokens)`, which on a runtime-checkable protocol costs about
-    16 us a call: on the request path of every budgeted request and metered stream."""
+    """The engine when it declares `token_calls`, else None: an attribute test, not a
+    runtime-checkable protocol's isinstance (about 16 us a call, on the request path of
+    every budgeted request and metered stream)."""
     return cast(CountsTokens, engine) if callable(getattr(engine, "token_calls", None)) else None
 
 
