@@ -149,14 +149,16 @@ class Proxy:
         out = Responder(send)
         try:
             # The key first: nobody without one makes torpor read (or buffer) a body.
-            key = deps.keys.authenticate(_header(dict(scope["headers"]), b"authorization"))
+            headers = dict(scope["headers"])
+            key = deps.keys.authenticate(_header(headers, b"authorization"))
             if self.stopping is not None:
                 raise self.stopping
             body = await read_body(receive, deps.max_body_bytes)
             if body is None:
                 log.info("client hung up while sending %s %s", scope["method"], scope["path"])
                 return
-            await self._run(self._handle(deps, key, scope, body, out), receive, scope, out)
+            handle = self._handle(deps, key, scope, headers, body, out)
+            await self._run(handle, receive, scope, out)
         except TorporError as exc:
             await out.error(exc)
         except Exception:
@@ -191,10 +193,15 @@ class Proxy:
         handler.result()
 
     async def _handle(
-        self, deps: ProxyDeps, key: ApiKey, scope: Scope, body: bytes, out: Responder
+        self,
+        deps: ProxyDeps,
+        key: ApiKey,
+        scope: Scope,
+        headers: dict[bytes, bytes],
+        body: bytes,
+        out: Responder,
     ) -> None:
         arrived = time.monotonic()
-        headers = dict(scope["headers"])
         deployment, path = _split_path(scope["path"])
         method = scope["method"]
         if path == "/v1/models" and method == "GET":
@@ -203,8 +210,8 @@ class Proxy:
         if path.startswith("/v1/models/") and method == "GET":
             await _send_model(deps, key, deployment, path[len("/v1/models/") :], out)
             return
-        responses = self._responses_api(deps)
         if path.startswith(_RESPONSES_ITEM) and method in ("GET", "DELETE"):
+            responses = self._responses_api(deps)
             response_id = path[len(_RESPONSES_ITEM) :]
             if await responses.store.get(key, response_id) is not None or deployment is None:
                 # Kept by torpor (translated); without a deployment, nothing else has it.
@@ -238,7 +245,7 @@ class Proxy:
             # Served by translation: the key needs what the chat call needs.
             if routes is not None:
                 check_route(key, deployment, "/v1/chat/completions", *routes)
-            await self._responses(deps, key, deployment, engine, payload, scope, arrived, out)
+            await self._responses(deps, key, deployment, engine, payload, headers, arrived, out)
             return
         if routes is not None:
             check_route(key, deployment, path, *routes)
@@ -309,7 +316,7 @@ class Proxy:
         deployment: str,
         engine: Engine | None,
         payload: dict[str, Any],
-        scope: Scope,
+        headers: dict[bytes, bytes],
         arrived: float,
         out: Responder,
     ) -> None:
@@ -318,8 +325,8 @@ class Proxy:
         call = ChatCall(
             key=key,
             deployment=deployment,
-            headers={k.decode(): v.decode() for k, v in scope["headers"] if k in _FORWARD},
-            session_id=_header(dict(scope["headers"]), b"x-session-id"),
+            headers={k.decode(): v.decode() for k, v in headers.items() if k in _FORWARD},
+            session_id=_header(headers, b"x-session-id"),
             arrived=arrived,
             prepare=lambda chat: normalise(chat, route, fields),
             counter=lambda chat: token_counter(engine, deployment, route, chat),
