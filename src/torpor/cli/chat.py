@@ -12,7 +12,7 @@ import httpx
 import typer
 from httpx_sse import SSEError, connect_sse
 
-from torpor.cli.common import KEY_HINT, Target, _fail, app, explain, target
+from torpor.cli.common import Target, _fail, app, explain, require_key, target
 from torpor.sdk import TorporError
 from torpor.sdk import _ops as ops
 
@@ -124,9 +124,7 @@ def run_chat(where: Target, body: dict[str, Any], out: TextIO) -> None:
     """Send the request to the chosen server and print the answer; a failure (also one
     that arrives as an error event mid-stream) exits 1 with a message that names the
     server and where the key came from."""
-    if where.api_key is None:
-        raise _fail(f"no API key for {where.url}: found {where.key_source}; {KEY_HINT}")
-    headers = {"Authorization": f"Bearer {where.api_key}"}
+    headers = {"Authorization": f"Bearer {require_key(where)}"}
     terminal = _Terminal(out)
     # A cold start holds the request (keep-alives on a stream): no read timeout.
     with httpx.Client(base_url=where.url, headers=headers, timeout=ops.STREAM_TIMEOUT) as http:

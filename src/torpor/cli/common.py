@@ -178,6 +178,13 @@ def target(ctx: typer.Context) -> Target:
     return obj if isinstance(obj, Target) else Target(DEFAULT_URL, "the default", None, "", None)
 
 
+def require_key(where: Target) -> str:
+    """The key to send; without one, exit 1 naming where it was looked for."""
+    if where.api_key is None:
+        raise _fail(f"no API key for {where.url}: found {where.key_source}; {KEY_HINT}")
+    return where.api_key
+
+
 def explain(error: TorporError, where: Target) -> str:
     """The error's message, plus which server and key were used where that is the likely
     cause (a wrong URL, a missing or stale key, a key without the right)."""
@@ -195,9 +202,7 @@ def _api(ctx: typer.Context) -> Iterator[Client]:
     """A client for the chosen server and key (see Target); a TorporError inside the block
     exits with status 1 and a message that names the server and the key's source."""
     where = target(ctx)
-    if where.api_key is None:
-        raise _fail(f"no API key for {where.url}: found {where.key_source}; {KEY_HINT}")
-    client = Client(where.url, where.api_key)
+    client = Client(where.url, require_key(where))
     try:
         yield client
     except TorporError as exc:
