@@ -33,7 +33,6 @@ HISTORY_WEEKS = 4
 HISTORY_MIN_WEEKS = 2
 HISTORY_LEAD_S = 120.0
 WEEK_S = 7 * 24 * 3600.0
-HOUR_S = 3600.0
 
 
 def cron_valid(expr: str) -> bool:

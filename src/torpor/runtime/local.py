@@ -230,12 +230,6 @@ class LocalRuntime:
         one that survived is stopped."""
         return False
 
-    async def stop_orphan(self, worker_id: str, pid: int, create_time: float) -> bool:
-        stopped = await self._stop_orphan_process(worker_id, pid, create_time)
-        exe = container_runtime()
-        removed = await self._sweep_containers(exe) if exe is not None else set()
-        return stopped or container_name(worker_id) in removed
-
     def _sweep_containers(self, exe: str) -> asyncio.Future[set[str]]:
         """Once per runtime: remove the containers of this instance that no worker of this
         runtime runs (left by an earlier run). Resolves to the names removed."""
