@@ -31,7 +31,7 @@ import torpor
 from torpor.errors import BuildError
 from torpor.functions.containers import PYTHON as CONTAINER_PYTHON
 from torpor.functions.containers import ContainerBuilder, tag_for
-from torpor.functions.image import FILES_DIR, Image
+from torpor.functions.image import FILES_DIR, Image, write_files
 from torpor.runtime.base import node_cache_root
 from torpor.runtime.containers import container_runtime
 
@@ -80,13 +80,6 @@ def decode_files(image: Image, contents: Mapping[str, str]) -> dict[str, bytes]:
             raise BuildError(f"image file {f.dst}: content does not match its sha256")
         out[f.dst] = data
     return out
-
-
-def write_files(root: Path, files: Mapping[str, bytes]) -> None:
-    for dst, data in files.items():
-        target = root / dst
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(data)
 
 
 def find_interpreter(version: str) -> str | None:

@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 
 import torpor
-from torpor.functions.image import Image
+from torpor.functions.image import Image, write_files
 
 TAG_PREFIX = "torpor-fn:"
 WORKDIR = "/torpor/work"
@@ -66,12 +66,8 @@ def write_context(root: Path, image: Image, files: Mapping[str, bytes]) -> None:
         target = root / "torpor" / name
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(package / name, target)
-    for dst, data in files.items():
-        target = root / "files" / dst
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(data)
-    if not files:
-        (root / "files").mkdir()
+    write_files(root / "files", files)
+    (root / "files").mkdir(exist_ok=True)
 
 
 class ContainerBuilder:

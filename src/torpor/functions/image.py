@@ -50,6 +50,14 @@ def file_destination(dst: str) -> str:
     return "/".join(parts)
 
 
+def write_files(root: Path, files: Mapping[str, bytes]) -> None:
+    """Place an image's local files (by destination) under `root`."""
+    for dst, data in files.items():
+        target = root / dst
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(data)
+
+
 def in_worker() -> bool:
     """Whether this process is a function's worker (which imports the app file again)."""
     return SPEC_ENV in os.environ
