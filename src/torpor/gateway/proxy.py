@@ -213,10 +213,13 @@ class Proxy:
         if path.startswith(_RESPONSES_ITEM) and method in ("GET", "DELETE"):
             responses = self._responses_api(deps)
             response_id = path[len(_RESPONSES_ITEM) :]
-            if await responses.store.get(key, response_id) is not None or deployment is None:
+            stored = await responses.store.get(key, response_id)
+            if stored is not None or deployment is None:
                 # Kept by torpor (translated); without a deployment, nothing else has it.
-                act = responses.retrieve if method == "GET" else responses.delete
-                await act(key, response_id, out)
+                if method == "GET":
+                    await responses.retrieve(stored, response_id, out)
+                else:
+                    await responses.delete(key, response_id, out)
                 return
         if deps.video_jobs is not None and is_video_route(path):
             call = VideoCall(

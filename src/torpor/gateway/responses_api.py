@@ -52,8 +52,8 @@ class ResponsesApi:
     def __init__(self, store: ResponseStore | None = None):
         self.store: ResponseStore = store or MemoryResponseStore()
 
-    async def retrieve(self, key: ApiKey, response_id: str, out: Sink) -> None:
-        stored = await self.store.get(key, response_id)
+    async def retrieve(self, stored: Stored | None, response_id: str, out: Sink) -> None:
+        """`GET /v1/responses/{id}`: `stored` is what the store holds for the caller's key."""
         if stored is None:
             raise _not_found(response_id)
         await out.full(200, _JSON_HEADERS, orjson.dumps(stored.response))
