@@ -385,10 +385,6 @@ class Meter:
             else:
                 table[name] = new
 
-    def reserved(self) -> tuple[dict[str, Spent], dict[str, Spent]]:
-        """What requests in flight hold, by key and by deployment."""
-        return dict(self._reserved_key), dict(self._reserved_dep)
-
     def key_usage(self, key_id: str) -> Spent:
         self._roll_month()
         return self._month.by_key.get(key_id, Spent())
@@ -396,10 +392,6 @@ class Meter:
     def key_gpu_usd(self, key_id: str) -> float:
         self._roll_month()
         return self._month.gpu_by_key.get(key_id, 0.0)
-
-    def deployment_usage(self, deployment: str) -> Spent:
-        self._roll_month()
-        return self._month.by_deployment.get(deployment, Spent())
 
     # -- worker time ----------------------------------------------------------------------
 

@@ -49,9 +49,6 @@ class Prices:
         )
         return int((cost * _NANO_PER_MTOK).to_integral_value())
 
-    def worker_cost(self, seconds: float, devices: int) -> float:
-        return seconds / 3600.0 * max(devices, 0) * self.gpu_hourly
-
     def storage_nusd(self, gb_seconds: float) -> int:
         """Storage cost of `gb_seconds` in integer nano-dollars."""
         cost = _d(gb_seconds) * _d(self.storage_gb_month) * _NANO_PER_GB_SECOND_MONTH

@@ -76,9 +76,6 @@ class WorkerSession:
             return None
         return (self.ready_at - self.started_at).total_seconds()
 
-    def seconds(self, now: datetime) -> float:
-        return max(0.0, ((self.stopped_at or now) - self.started_at).total_seconds())
-
 
 _ids = itertools.count(1)
 
@@ -101,7 +98,6 @@ class Reservation:
 
 @dataclass
 class Month:
-    key: str
     # First instant of the next month: the request path compares, never formats.
     ends: datetime
     by_key: dict[str, Spent] = field(default_factory=dict)
@@ -110,17 +106,13 @@ class Month:
     gpu_by_key: dict[str, float] = field(default_factory=dict)
 
 
-def month_key(at: datetime) -> str:
-    return at.strftime("%Y-%m")
-
-
 def month_start(at: datetime) -> datetime:
     return at.astimezone(UTC).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
 
 
 def new_month(at: datetime) -> Month:
     start = month_start(at)
-    return Month(month_key(start), ends=(start + timedelta(days=32)).replace(day=1))
+    return Month(ends=(start + timedelta(days=32)).replace(day=1))
 
 
 def money_decimal(value: float | Decimal | int, nano: bool = False) -> Decimal:
