@@ -194,3 +194,28 @@ def test_pickle_calls_and_local_files(server: TorporServer, tmp_path: Path) -> N
         assert any("built in" in line for line in logs), logs
         assert len(images_built(server)) == len(built) + 1
         wait(lambda: changed.read.remote()["words"] == "three", 30, "the new file's content")
+
+
+_RAN: list[str] = []
+
+
+def _ran(what: str) -> None:
+    _RAN.append(what)
+
+
+class _RunsOnUnpickle:
+    def __reduce__(self) -> tuple[Callable[..., object], tuple[object, ...]]:
+        return (_ran, ("unpickled",))
+
+
+def test_a_json_caller_never_unpickles_a_workers_answer() -> None:
+    # Unpickling runs code: only a caller that opted into pickle reads a pickled answer,
+    # so a function's worker cannot run code on a JSON caller's machine.
+    from torpor.funcproto.pickling import pickle_result
+
+    answer = pickle_result(_RunsOnUnpickle())
+    with pytest.raises(ValueError, match="not read"):
+        Codec().result(answer)
+    assert _RAN == []
+    Codec("pickle").result(answer)
+    assert _RAN == ["unpickled"]

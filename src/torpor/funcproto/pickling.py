@@ -108,6 +108,9 @@ class Codec:
         if not isinstance(data, dict):
             return None
         if PICKLE_KEY in data and "result" not in data:
+            if self.serialization != "pickle":
+                # Unpickling runs code: a JSON caller never reads a worker's pickle.
+                raise ValueError("a pickled answer to a JSON call: not read")
             return _loads(data[PICKLE_KEY], self.aliases)
         return data.get("result")
 
