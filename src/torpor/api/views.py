@@ -109,11 +109,12 @@ def deployment_view(controller: Controller, dep: Deployment, *, admin: bool) -> 
 def _admin_view(controller: Controller, dep: Deployment) -> dict[str, Any]:
     gate = dep.gate
     workers = ordered_workers(dep)
+    status = controller.status(dep)
     return {
         **dep.spec.model_dump(mode="json"),
         "state": dep.state.value,
-        "status": controller.status(dep).value,
-        "lifecycle": lifecycle(controller.status(dep), [w.state for w in workers]).value,
+        "status": status.value,
+        "lifecycle": lifecycle(status, [w.state for w in workers]).value,
         "reason": dep.reason or _status_reason(controller, dep),
         "spec_version": dep.spec_version,
         "model_path": str(dep.model_path) if dep.model_path else None,
