@@ -7,7 +7,7 @@ from decimal import Decimal
 from functools import cached_property
 
 HOURS_PER_MONTH = 730.0
-_NANO_PER_MTOK = Decimal(1000)  # nano-dollars per token at $1 per million tokens
+_NANO = Decimal(1_000_000_000)  # nano-dollars per USD
 _NANO_PER_GB_SECOND_MONTH = Decimal(1_000_000_000) / Decimal(3600) / Decimal(repr(HOURS_PER_MONTH))
 
 
@@ -42,12 +42,13 @@ class Prices:
     def sleeping_hourly(self) -> float:
         return self.gpu_hourly if self.gpu_hourly_sleeping is None else self.gpu_hourly_sleeping
 
+    def request_usd(self, prompt_tokens: int, completion_tokens: int) -> Decimal:
+        """A request's token cost in USD, exact (what a reservation holds, unrounded)."""
+        return prompt_tokens * self.prompt_token_usd + completion_tokens * self.completion_token_usd
+
     def request_nusd(self, prompt_tokens: int, completion_tokens: int) -> int:
         """A request's token cost in integer nano-dollars (exact decimals, then rounded)."""
-        cost = prompt_tokens * _d(self.prompt_per_mtok) + completion_tokens * _d(
-            self.completion_per_mtok
-        )
-        return int((cost * _NANO_PER_MTOK).to_integral_value())
+        return int((self.request_usd(prompt_tokens, completion_tokens) * _NANO).to_integral_value())
 
     def storage_nusd(self, gb_seconds: float) -> int:
         """Storage cost of `gb_seconds` in integer nano-dollars."""

@@ -142,10 +142,6 @@ def ask_of(route: str, payload: dict[str, Any], counted: int | None = None) -> A
     return Ask(route, prompt_upper_bound(route, payload), limit, field)
 
 
-def _usd(tokens_prompt: int, tokens_completion: int, prices: Prices) -> Decimal:
-    return tokens_prompt * prices.prompt_token_usd + tokens_completion * prices.completion_token_usd
-
-
 def plan(ask: Ask, prices: Prices, context_limit: int, lefts: list[Left]) -> Grant | str:
     """The reservation for a request, or the refusal message naming the numbers.
 
@@ -153,7 +149,7 @@ def plan(ask: Ask, prices: Prices, context_limit: int, lefts: list[Left]) -> Gra
     token do not fit in what is left. Otherwise the completion limit is the smallest of the
     request's own, the context limit and what each budget has left after the prompt."""
     generating = ask.route in GENERATING
-    own = ask.max_tokens if ask.max_tokens is not None else None
+    own = ask.max_tokens
     completion = min(own, context_limit) if own is not None else context_limit
     if not generating:
         completion = 0
@@ -192,7 +188,7 @@ def plan(ask: Ask, prices: Prices, context_limit: int, lefts: list[Left]) -> Gra
     if generating and budget_limit is not None and budget_limit < completion:
         # A budget is tighter than the request's own limit and the context: write it in.
         completion = set_limit = budget_limit
-    return Grant(prompt, completion, _usd(prompt, completion, prices), set_limit)
+    return Grant(prompt, completion, prices.request_usd(prompt, completion), set_limit)
 
 
 def with_limit(payload: dict[str, Any], ask: Ask, limit: int) -> bytes:
