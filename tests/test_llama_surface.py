@@ -135,6 +135,28 @@ def test_stream_usage_is_counted_by_the_engine_tokenizer_and_billed(llama: Torpo
     assert after["prompt_tokens"] - before["prompt_tokens"] == 3 * plain.usage.prompt_tokens
 
 
+def test_stream_with_a_query_string_is_still_counted_by_the_tokenizer(
+    llama: TorporServer,
+) -> None:
+    # The route decides counting; a query string on it must not turn counting off.
+    client = llama.openai()
+    messages: Any = [{"role": "user", "content": "Name three colours."}]
+    plain = client.chat.completions.create(model="smollm2", messages=messages, max_tokens=8)
+    assert plain.usage is not None
+    chunks = list(
+        client.chat.completions.create(
+            model="smollm2",
+            messages=messages,
+            max_tokens=8,
+            stream=True,
+            stream_options={"include_usage": True},
+            extra_query={"trace": "1"},
+        )
+    )
+    usage = [c.usage for c in chunks if c.usage is not None]
+    assert len(usage) == 1 and usage[0].prompt_tokens == plain.usage.prompt_tokens
+
+
 WEATHER_TOOL: Any = {
     "type": "function",
     "name": "get_weather",

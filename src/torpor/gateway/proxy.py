@@ -275,6 +275,9 @@ class Proxy:
         fwd = {k.decode(): v.decode() for k, v in scope["headers"] if k in _FORWARD}
         if payload is not None:
             fwd["content-type"] = "application/json"
+        # Route decisions (metered streams, token counts) look at the path without its
+        # query string; the engine gets both.
+        route = path
         query = scope.get("query_string", b"")
         if query:
             path = f"{path}?{query.decode()}"
@@ -292,14 +295,14 @@ class Proxy:
             want_usage_chunk=want_usage,
             max_tokens=_max_tokens(payload),
             count_tokens=(
-                token_counter(engine, deployment, path, payload)
-                if stream and payload is not None and path in _METERED_STREAMS
+                token_counter(engine, deployment, route, payload)
+                if stream and payload is not None and route in _METERED_STREAMS
                 else None
             ),
             payload=payload,
             count_prompt=(
-                functools.partial(prompt_call, engine, deployment, path)
-                if engine is not None and path in _METERED_STREAMS
+                functools.partial(prompt_call, engine, deployment, route)
+                if engine is not None and route in _METERED_STREAMS
                 else None
             ),
         )
