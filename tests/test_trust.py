@@ -352,3 +352,16 @@ def test_public_metrics_setting_opens_metrics_only(
     srv = server_factory(env={"TORPOR_PUBLIC_METRICS": "1"})
     assert httpx.get(srv.url + "/metrics").status_code == 200
     assert httpx.get(srv.url + "/openapi.json").status_code == 401
+
+
+def test_caller_view_hides_a_model_given_as_a_path(server: TorporServer) -> None:
+    # Absolute, and relative to torpor's working directory (the data dir here): both are
+    # paths on the server, which a caller never sees; a hub id is shown.
+    (server.data_dir / "private-weights").mkdir()
+    cases = {"abs": "/srv/models/secret.gguf", "rel": "private-weights", "hub": "org/model"}
+    for name, model in cases.items():
+        server.deploy(fake_spec(name, model=model))
+    key = make_key(server, list(cases))
+    with server.api(key) as c:
+        seen = {name: c.get(f"/api/deployments/{name}").json()["model"] for name in cases}
+    assert seen == {"abs": None, "rel": None, "hub": "org/model"}

@@ -7,7 +7,7 @@ from typing import Any
 
 from torpor.controller import Controller, Deployment, Worker
 from torpor.gpus import matches_model, wanted_types
-from torpor.modelstore import derive_catalog
+from torpor.modelstore import derive_catalog, looks_local
 from torpor.states import WorkerState, lifecycle
 
 _FAILING_FIRST = {WorkerState.FAILED: 0, WorkerState.PROVISIONING: 1, WorkerState.DRAINING: 2}
@@ -79,7 +79,8 @@ CALLER_SPEC_FIELDS = frozenset(
 
 
 def _is_local_path(model: str) -> bool:
-    return model.startswith(("/", "./", "../", "~", "file:"))
+    # The model store's own rule (a relative folder that exists here is a path too).
+    return model.startswith("file:") or looks_local(model)
 
 
 def deployment_view(controller: Controller, dep: Deployment, *, admin: bool) -> dict[str, Any]:

@@ -8,7 +8,14 @@ Sources: a Hugging Face repo id (`org/name` or `hf://org/name`), an Ollama tag (
 from __future__ import annotations
 
 from torpor.modelstore.progress import DownloadProgress
-from torpor.modelstore.sources import BUNDLED, Source, SourceKind, derive_catalog, source_for
+from torpor.modelstore.sources import (
+    BUNDLED,
+    Source,
+    SourceKind,
+    derive_catalog,
+    looks_local,
+    source_for,
+)
 from torpor.modelstore.store import FetchedModel, ModelStore
 
 __all__ = [
@@ -19,5 +26,6 @@ __all__ = [
     "Source",
     "SourceKind",
     "derive_catalog",
+    "looks_local",
     "source_for",
 ]

@@ -66,7 +66,8 @@ def bundled_path(alias: str) -> Path:
     return bundled_model_path() if alias == BUNDLED_MODEL else bundled_embedding_path()
 
 
-def _looks_local(model: str) -> bool:
+def looks_local(model: str) -> bool:
+    """A path on this host (absolute, relative, or a name that exists here), not a hub id."""
     return model.startswith(("/", "./", "../", "~")) or Path(model).expanduser().exists()
 
 
@@ -80,7 +81,7 @@ def source_for(spec: DeploymentSpec, needs_model: bool) -> Source:
         return Source(SourceKind.OLLAMA, model)
     if model.startswith(HF_PREFIX):
         return Source(SourceKind.HUGGINGFACE, model.removeprefix(HF_PREFIX))
-    if not _looks_local(model) and _REPO_RE.match(model) and not model.endswith(_FILE_SUFFIXES):
+    if not looks_local(model) and _REPO_RE.match(model) and not model.endswith(_FILE_SUFFIXES):
         return Source(SourceKind.HUGGINGFACE, model)
     return Source(SourceKind.LOCAL, model)
 
@@ -104,7 +105,7 @@ def derive_catalog(spec: DeploymentSpec) -> dict[str, str | None]:
             base = model.split(":", 1)[0]
             vendor = base.split("/", 1)[0] if "/" in base else "Ollama"
             display = model
-        elif _REPO_RE.match(model) and not _looks_local(model):
+        elif _REPO_RE.match(model) and not looks_local(model):
             vendor, display = model.split("/", 1)
         else:
             display = Path(model).name
