@@ -37,14 +37,6 @@ def _dep_line(dep: str) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def _visible(scope: Scope, dep: str, key_id: str | None) -> bool:
-    if scope.deployments is not None and dep not in scope.deployments:
-        return False
-    if scope.deployment is not None and dep != scope.deployment:
-        return False
-    return scope.key_id is None or key_id == scope.key_id
-
-
 async def by_key(
     meter: Meter, engine: AsyncEngine, scope: Scope, month: str, names: dict[str, str]
 ) -> dict[str, Any]:
@@ -107,7 +99,7 @@ async def _read(
                 ended = row.stopped_at or row.heartbeat_at or row.started_at
                 sessions[row.worker_id] = (row.deployment, row.started_at, ended, row.gpu_count)
     for e in events:
-        if start <= e.at < end and _visible(scope, e.deployment, e.key_id):
+        if start <= e.at < end and scope.admits(e.deployment, e.key_id):
             ln = key(e.key_id)
             ln["deployments"].add(e.deployment)
             ln["requests"] += 1
@@ -122,7 +114,7 @@ async def _read(
             ended = ws.stopped_at or ws.accrued_to or ws.started_at
             sessions[ws.worker_id] = (ws.deployment, ws.started_at, ended, ws.gpu_count)
         for name, began, ended, gpus in sessions.values():
-            if _visible(scope, name, None):
+            if scope.admits(name, None):
                 b, e2 = max(_utc(began), start), min(_utc(ended), end)
                 dep(name)["billed_gpu_seconds"] += max(0.0, (e2 - b).total_seconds()) * gpus
     data = []
@@ -146,7 +138,7 @@ async def _read(
 
 def _add_gpu(scope: Scope, key: Any, dep: Any, d: GpuDelta) -> None:
     if not d.key_id:
-        if scope.key_id is None and _visible(scope, d.deployment, None):
+        if scope.key_id is None and scope.admits(d.deployment, None):
             ln = dep(d.deployment)
             ln["idle_gpu_seconds"] += d.idle_gpu_seconds
             ln["sleeping_gpu_seconds"] += d.sleeping_gpu_seconds
@@ -154,7 +146,7 @@ def _add_gpu(scope: Scope, key: Any, dep: Any, d: GpuDelta) -> None:
             ln["gpu_seconds"] += d.gpu_seconds
             ln["gpu_cost_nusd"] += d.cost_nusd
         return
-    if not _visible(scope, d.deployment, d.key_id):
+    if not scope.admits(d.deployment, d.key_id):
         return
     ln = key(d.key_id)
     ln["deployments"].add(d.deployment)

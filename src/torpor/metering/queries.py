@@ -61,14 +61,14 @@ class Scope:
             conds.append(dep_col == self.deployment)
         return and_(true(), *conds)
 
-
-def _matches(scope: Scope, e: RequestUsage) -> bool:
-    """Whether a not yet flushed event is in the caller's scope (as Scope._where)."""
-    if scope.deployments is not None and e.deployment not in scope.deployments:
-        return False
-    if scope.key_id is not None and e.key_id != scope.key_id:
-        return False
-    return scope.deployment is None or e.deployment == scope.deployment
+    def admits(self, deployment: str, key_id: str | None) -> bool:
+        """Whether usage of (deployment, key) is in the caller's scope (as `_where`), for
+        what is not read from the store: events not yet flushed, GPU time, sessions."""
+        if self.deployments is not None and deployment not in self.deployments:
+            return False
+        if self.deployment is not None and deployment != self.deployment:
+            return False
+        return self.key_id is None or key_id == self.key_id
 
 
 def _event_acc(e: RequestUsage) -> _Acc:
@@ -183,7 +183,7 @@ async def _grouped(
                 if r.requests:
                     out[r.deployment if by_deployment else ""].add(_hourly_acc(r))
     for ev in pending:
-        if ev.at >= start and _matches(scope, ev):
+        if ev.at >= start and scope.admits(ev.deployment, ev.key_id):
             out[ev.deployment if by_deployment else ""].add(_event_acc(ev))
     return out
 
@@ -254,7 +254,7 @@ async def timeseries(
                 acc.add(_Acc(1, int(status >= 400), pt, ct, lat,
                              ttft if ttft is not None else lat, 1, int(cold), cost))  # fmt: skip
     for ev in pending:
-        if ev.at >= start and _matches(scope, ev):
+        if ev.at >= start and scope.admits(ev.deployment, ev.key_id):
             buckets[_bucket(ev.at, start, step)].add(_event_acc(ev))
     series = []
     at = start
@@ -351,7 +351,7 @@ async def deployment_metrics(
         )).all()  # fmt: skip
     # Requests that waited for a cold start, and for a sleeping worker's wake (its length).
     fresh = [ev for ev in pending if ev.deployment == name and ev.at >= start
-             and _matches(scope, ev)]  # fmt: skip
+             and scope.admits(ev.deployment, ev.key_id)]  # fmt: skip
     cold = sum(1 for r in rows if r.cold_start) + sum(1 for ev in fresh if ev.cold_start)
     wakes = [float(r.wake_ms) for r in rows if r.wake_ms is not None]
     wakes += [ev.wake_ms for ev in fresh if ev.wake_ms is not None]
@@ -443,7 +443,7 @@ async def invoice(
                              d.sleeping_gpu_seconds)
                             for d in pending_gpu if start <= d.hour < end)]  # fmt: skip
         for key_id, dep, seconds, nusd, slept in gpu_rows:
-            if not _in_scope(scope, dep, key_id or None):
+            if not scope.admits(dep, key_id or None):
                 continue
             ln = line(key_id or None, dep)
             ln["gpu_hours"] += float(seconds or 0) / 3600
@@ -465,7 +465,7 @@ async def invoice(
                 ln["storage_gb_months"] = float(gb_s or 0) / 3600 / HOURS_PER_MONTH
                 ln["storage_cost"] = int(cost or 0)
     for ev in pending:
-        if start <= ev.at < end and _matches(scope, ev):
+        if start <= ev.at < end and scope.admits(ev.deployment, ev.key_id):
             ln = line(ev.key_id, ev.deployment)
             ln["requests"] += 1
             ln["prompt_tokens"] += ev.prompt_tokens
@@ -488,14 +488,6 @@ INVOICE_COLUMNS = (
     "token_cost", "gpu_hours", "sleeping_gpu_hours", "gpu_cost", "storage_gb_months",
     "storage_cost", "total_cost",
 )  # fmt: skip
-
-
-def _in_scope(scope: Scope, dep: str, key_id: str | None) -> bool:
-    if scope.deployments is not None and dep not in scope.deployments:
-        return False
-    if scope.deployment is not None and dep != scope.deployment:
-        return False
-    return scope.key_id is None or key_id == scope.key_id
 
 
 def invoice_total(lines: list[dict[str, Any]]) -> float:
