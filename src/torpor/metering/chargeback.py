@@ -8,7 +8,6 @@ committed while the read ran makes it read again, so nothing is counted twice or
 from __future__ import annotations
 
 from collections.abc import Iterable
-from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import func, select
@@ -19,6 +18,7 @@ from torpor.metering.queries import Scope, month_bounds
 from torpor.metering.records import RequestUsage, WorkerSession, money, money_decimal
 from torpor.metering.tables import GpuHourlyRow, UsageHourlyRow, WorkerSessionRow
 from torpor.metering.writes import GpuDelta, hour_of
+from torpor.store.db import as_utc
 
 
 def _key_line(key_id: str, names: dict[str, str]) -> dict[str, Any]:
@@ -115,7 +115,7 @@ async def _read(
             sessions[ws.worker_id] = (ws.deployment, ws.started_at, ended, ws.gpu_count)
         for name, began, ended, gpus in sessions.values():
             if scope.admits(name, None):
-                b, e2 = max(_utc(began), start), min(_utc(ended), end)
+                b, e2 = max(as_utc(began), start), min(as_utc(ended), end)
                 dep(name)["billed_gpu_seconds"] += max(0.0, (e2 - b).total_seconds()) * gpus
     data = []
     for ln in sorted(keys.values(), key=lambda x: (-x["token_cost_nusd"], x["key_id"])):
@@ -153,10 +153,6 @@ def _add_gpu(scope: Scope, key: Any, dep: Any, d: GpuDelta) -> None:
     ln["gpu_seconds"] += d.gpu_seconds
     ln["gpu_cost_nusd"] += d.cost_nusd
     ln["cold_start_gpu_seconds"] += d.cold_start_gpu_seconds
-
-
-def _utc(at: datetime) -> datetime:
-    return at if at.tzinfo is not None else at.replace(tzinfo=UTC)
 
 
 __all__ = ["by_key", "hour_of", "money"]

@@ -50,6 +50,7 @@ from torpor.metering.tables import (
 )
 from torpor.metering.writes import GpuDelta, hour_of
 from torpor.store import Store
+from torpor.store.db import as_utc
 
 log = logging.getLogger(__name__)
 
@@ -175,7 +176,7 @@ class Meter:
             for row in open_rows:
                 row.stopped_at = row.heartbeat_at or row.ready_at or row.started_at
                 row.reason = "torpor restarted"
-                self._closed_by_restart[row.worker_id] = _utc(row.stopped_at)
+                self._closed_by_restart[row.worker_id] = as_utc(row.stopped_at)
             await s.commit()
 
     def start(self) -> None:
@@ -610,7 +611,3 @@ _NONE_SPENT = Spent()
 def _plus(a: Spent | None, b: Spent | None) -> Spent:
     a, b = a or Spent(), b or Spent()
     return Spent(a.usd + b.usd, a.tokens + b.tokens)
-
-
-def _utc(at: datetime) -> datetime:
-    return at if at.tzinfo is not None else at.replace(tzinfo=UTC)
