@@ -187,6 +187,11 @@ class Controller:
         self._wake.set()
         return await fut
 
+    @property
+    def closed(self) -> bool:
+        """Shutting down: the loop is gone and `shutdown` alone changes state."""
+        return self._closed
+
     def post(self, op: Op) -> None:
         """Background work hands its result to the loop (no reply)."""
         self._inbox.append((op, None))

@@ -260,19 +260,32 @@ class WorkerOps:
     async def _terminate(
         self, w: Worker, handle: WorkerHandle | None, starting: asyncio.Task[WorkerHandle] | None
     ) -> None:
+        started: WorkerHandle | None = None
         try:
             if handle is None and starting is not None:
                 try:
-                    handle = await asyncio.shield(starting)
+                    handle = started = await asyncio.shield(starting)
                 except Exception:
                     handle = None
-                if handle is not None:
-                    w.last_handle = handle
             if handle is not None:
                 await self.runtime.stop(handle, self.ctl.settings.worker_stop_grace_s)
         finally:
-            self.gpus.release(w.id)
-            self.ctl.wake()  # freed capacity: a waiting start may go now
+
+            def stopped() -> None:
+                if started is not None:
+                    w.last_handle = started
+                self.gpus.release(w.id)
+
+            if self.ctl.closed:
+                stopped()  # shutdown awaits these stops; no loop runs any more
+            else:
+
+                async def report() -> None:
+                    stopped()
+
+                # Applied by the loop, which owns worker state and the device pool; the
+                # post wakes it, so a start waiting for these devices may go now.
+                self.ctl.post(report)
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         task = asyncio.create_task(coro)
