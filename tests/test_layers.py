@@ -21,7 +21,7 @@ KNOWN: set[tuple[str, str]] = set()
 # SDK's own hierarchy, what a client catches; and the function server, which runs in the
 # image's environment with the standard library only.
 ERROR_MODULES = {"errors.py", "sdk/errors.py"}
-WORKER_SIDE_ERRORS = {"functions/server.py": {"CallError"}}
+WORKER_SIDE_ERRORS = {"functions/server.py": {"CallError", "NoSuchCall"}}
 
 
 def module_name(path: Path) -> str:
